@@ -13,7 +13,9 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from routelet.data import Rejected, Sourced, read_rows
+import numpy as np
+
+from routelet.data import Rejected, Sourced, read_jsonl, read_rows, write_jsonl
 from routelet.preprocess import normalise, preprocess
 from routelet.taxonomy import Taxonomy
 
@@ -138,3 +140,45 @@ def check_pool(pool: dict[str, list[Sourced]], evals: dict[str, list[Sourced]]) 
     ]
     duplicates = sum(len(group) - 1 for group in seen.values())
     return PoolReport(counts, leaks, conflicts, duplicates)
+
+
+@dataclass
+class Prepared:
+    """The checked splits the training stages read: text already preprocessed."""
+
+    taxonomy: Taxonomy
+    splits: dict[str, list[dict]]
+
+    def texts(self, split: str) -> list[str]:
+        return [row["text"] for row in self.splits[split]]
+
+    def labels(self, split: str) -> list[str]:
+        return [row["label"] for row in self.splits[split]]
+
+    def route_ids(self, split: str) -> np.ndarray:
+        """The true route of each row, as an index into taxonomy.route_names."""
+        column = {name: j for j, name in enumerate(self.taxonomy.route_names)}
+        return np.array([column[self.taxonomy.route_of(label)] for label in self.labels(split)], dtype=int)
+
+    @property
+    def reject_id(self) -> int | None:
+        reject = self.taxonomy.reject
+        return None if reject is None else self.taxonomy.route_names.index(reject)
+
+
+SPLITS = ("train", "calib", "test")
+
+
+def write_prepared(dataset: Dataset, folder: str | Path) -> None:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    dataset.taxonomy.save(folder / "taxonomy.json")
+    for split in SPLITS:
+        rows = getattr(dataset, split)
+        write_jsonl(folder / f"{split}.jsonl",
+                    ({"text": preprocess(s.row.text), "label": s.row.label, "source": s.where} for s in rows))
+
+
+def load_prepared(folder: str | Path) -> Prepared:
+    folder = Path(folder)
+    return Prepared(Taxonomy.load(folder / "taxonomy.json"), {s: read_jsonl(folder / f"{s}.jsonl") for s in SPLITS})

@@ -1,0 +1,149 @@
+"""Calibration and abstention, all on route-level probabilities (what a caller acts on).
+
+A family's fine-label logits become route probabilities by softmax at a temperature, then the
+sum over each route's labels (`Trained.to_routes`). `fit_temperature_routes` picks the temperature
+that minimises route-level NLL on the calibration split; `choose_threshold` picks the confidence
+gate from an abstain policy, also on the calibration split, never on a holdout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+from sklearn.metrics import roc_auc_score
+
+
+EPS = 1e-12
+
+
+def nll(probs: np.ndarray, y: np.ndarray) -> float:
+    return float(-np.log(probs[np.arange(len(y)), y] + EPS).mean())
+
+
+def brier(probs: np.ndarray, y: np.ndarray) -> float:
+    onehot = np.eye(probs.shape[1])[y]
+    return float(((probs - onehot) ** 2).sum(axis=1).mean())
+
+
+def reliability(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> list[dict[str, float]]:
+    """Per confidence bin: mean confidence, accuracy and count (the reliability diagram)."""
+    confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == y
+    edges = np.linspace(0, 1, bins + 1)
+    index = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    rows = []
+    for b in range(bins):
+        mask = index == b
+        if mask.any():
+            rows.append(
+                {"bin": round(float((edges[b] + edges[b + 1]) / 2), 4), "confidence": float(confidence[mask].mean()),
+                 "accuracy": float(correct[mask].mean()), "count": int(mask.sum())}
+            )
+    return rows
+
+
+def ece(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
+    """Expected calibration error of the top-1 confidence, equal-width bins."""
+    if len(y) == 0:
+        return float("nan")
+    return float(sum(r["count"] * abs(r["confidence"] - r["accuracy"]) for r in reliability(probs, y, bins)) / len(y))
+
+
+def fit_temperature_routes(probs_at, y: np.ndarray) -> float:
+    """The temperature minimising route-level NLL, searched on log T in [0.05, 20].
+    `probs_at(T)` gives route probabilities at temperature T."""
+    result = minimize_scalar(
+        lambda log_t: nll(probs_at(float(np.exp(log_t))), y), bounds=(np.log(0.05), np.log(20.0)), method="bounded"
+    )
+    return float(np.exp(result.x))
+
+
+def quality(probs: np.ndarray, y: np.ndarray, in_scope: np.ndarray) -> dict[str, float]:
+    """NLL, Brier and ECE on all rows and ECE on in-scope rows only: with an out-of-scope share
+    that differs between splits, the two slices tell different stories."""
+    return {
+        "nll": nll(probs, y),
+        "brier": brier(probs, y),
+        "ece": ece(probs, y),
+        "ece_in_scope": ece(probs[in_scope], y[in_scope]) if in_scope.any() else float("nan"),
+    }
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Abstain when the top route is the reject route, or its probability is under `threshold`,
+    or it leads the second route by less than `margin`."""
+
+    threshold: float = 0.0
+    margin: float = 0.0
+    reject_class: bool = True
+
+    def abstains(self, probs: np.ndarray, reject: int | None) -> np.ndarray:
+        ordered = np.sort(probs, axis=1)
+        top, second = ordered[:, -1], ordered[:, -2] if probs.shape[1] > 1 else np.zeros(len(probs))
+        gate = (top < self.threshold) | (top - second < self.margin)
+        if reject is not None and self.reject_class:
+            gate |= probs.argmax(axis=1) == reject
+        return gate
+
+
+def gate_only_probs(probs: np.ndarray, reject: int | None) -> np.ndarray:
+    """Route probabilities with the reject route's mass removed and the rest renormalised:
+    what a router with a confidence gate and no reject class would see."""
+    if reject is None:
+        return probs
+    kept = probs.copy()
+    kept[:, reject] = 0.0
+    return kept / np.maximum(kept.sum(axis=1, keepdims=True), EPS)
+
+
+def decisions(probs: np.ndarray, y: np.ndarray, reject: int | None, policy: Policy) -> dict[str, float]:
+    """In-scope accuracy (an abstained in-scope row counts as wrong), out-of-scope recall (share of
+    reject-route rows abstained on), coverage, and precision on accepted rows."""
+    abstain = policy.abstains(probs, reject)
+    predicted = probs.argmax(axis=1)
+    in_scope = y != reject if reject is not None else np.ones(len(y), bool)
+    correct = (predicted == y) & ~abstain
+    accepted = ~abstain
+    return {
+        "in_scope_accuracy": float(correct[in_scope].mean()) if in_scope.any() else float("nan"),
+        "oos_recall": float(abstain[~in_scope].mean()) if (~in_scope).any() else float("nan"),
+        "coverage": float(accepted.mean()),
+        "accepted_precision": float(correct[accepted].mean()) if accepted.any() else float("nan"),
+    }
+
+
+def choose_threshold(probs: np.ndarray, y: np.ndarray, reject: int | None, target: str, value: float,
+                     margin: float = 0.0, reject_class: bool = True) -> Policy:
+    """The smallest confidence threshold that meets the target on these rows: `oos_recall`
+    (share of out-of-scope rows abstained on) or `precision` (accuracy on accepted rows).
+    The smallest one keeps the most in-scope traffic; both targets grow with the threshold."""
+    candidates = np.unique(np.concatenate([[0.0], probs.max(axis=1)]))
+    for threshold in candidates:
+        policy = Policy(float(threshold), margin, reject_class)
+        result = decisions(probs, y, reject, policy)
+        metric = result["oos_recall"] if target == "oos_recall" else result["accepted_precision"]
+        if metric >= value:
+            return policy
+    return Policy(float(candidates[-1]) + 1e-6, margin, reject_class)
+
+
+def risk_coverage(probs: np.ndarray, y: np.ndarray, points: int = 50) -> list[dict[str, float]]:
+    """Error rate among the most confident `coverage` share of rows, for coverage from 0 to 1."""
+    order = np.argsort(-probs.max(axis=1))
+    wrong = (probs.argmax(axis=1) != y)[order]
+    cumulative = np.cumsum(wrong) / np.arange(1, len(y) + 1)
+    rows = []
+    for coverage in np.linspace(1 / points, 1, points):
+        k = max(1, int(round(coverage * len(y))))
+        rows.append({"coverage": round(float(coverage), 4), "risk": float(cumulative[k - 1])})
+    return rows
+
+
+def oos_auroc(probs: np.ndarray, y: np.ndarray, reject: int | None) -> float:
+    """How well the top in-scope route probability separates in-scope from out-of-scope rows."""
+    if reject is None or (y == reject).all() or (y != reject).all():
+        return float("nan")
+    score = np.delete(probs, reject, axis=1).max(axis=1)
+    return float(roc_auc_score((y != reject).astype(int), score))

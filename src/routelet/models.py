@@ -1,0 +1,126 @@
+"""Model families that train in seconds: TF-IDF + LR and frozen embeddings + LR.
+
+Every family follows one shape (scikit-learn's convention): `fit(texts, labels)` returns self,
+`logits(texts)` gives uncalibrated scores over `labels_` (softmax(logits / T) are the
+probabilities), `save(folder)` / `load(folder)` round-trip it. Texts arrive already
+preprocessed from the pool; the families still run the preprocess, which is idempotent, so a
+raw request and a pool row go through exactly the same function.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import FeatureUnion, Pipeline
+
+from routelet.encoders import EmbeddingCache, EncoderSpec
+from routelet.preprocess import preprocess
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = logits / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _head(C: float, seed: int) -> LogisticRegression:
+    return LogisticRegression(C=C, max_iter=2000, random_state=seed)
+
+
+class TfidfModel:
+    """Word and character n-gram TF-IDF, then multinomial logistic regression."""
+
+    family = "tfidf"
+
+    def __init__(self, word_ngrams=(1, 2), char_ngrams=(2, 5), C: float = 10.0, seed: int = 0) -> None:
+        self.word_ngrams, self.char_ngrams, self.C, self.seed = word_ngrams, char_ngrams, C, seed
+
+    def fit(self, texts: list[str], labels: list[str]) -> TfidfModel:
+        parts = []
+        if self.word_ngrams:
+            parts.append(("word", TfidfVectorizer(ngram_range=tuple(self.word_ngrams), sublinear_tf=True, lowercase=False)))
+        if self.char_ngrams:
+            parts.append(
+                ("char", TfidfVectorizer(analyzer="char_wb", ngram_range=tuple(self.char_ngrams), sublinear_tf=True, lowercase=False))
+            )
+        self.pipeline_ = Pipeline([("features", FeatureUnion(parts)), ("clf", _head(self.C, self.seed))])
+        self.pipeline_.fit([preprocess(t) for t in texts], labels)
+        self.labels_ = [str(label) for label in self.pipeline_.classes_]
+        return self
+
+    def logits(self, texts: list[str]) -> np.ndarray:
+        return self.pipeline_.decision_function([preprocess(t) for t in texts])
+
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        with (folder / "model.pkl").open("wb") as out:
+            pickle.dump(self, out)
+
+    @classmethod
+    def load(cls, folder: str | Path) -> TfidfModel:
+        with (Path(folder) / "model.pkl").open("rb") as handle:
+            return pickle.load(handle)
+
+
+class EmbedModel:
+    """A frozen sentence encoder (cached embeddings) and a logistic-regression head."""
+
+    family = "embed"
+
+    def __init__(self, encoder: EncoderSpec, C: float = 10.0, seed: int = 0, batch_size: int = 64) -> None:
+        self.encoder, self.C, self.seed, self.batch_size = encoder, C, seed, batch_size
+
+    def embed(self, texts: list[str], use_cache: bool = True) -> np.ndarray:
+        """Cached embeddings; `use_cache=False` runs the encoder, as a latency measurement must."""
+        if not hasattr(self, "_cache"):
+            self._cache = EmbeddingCache(self.encoder)
+        if use_cache:
+            return self._cache.embed(texts, batch_size=self.batch_size)
+        return self._cache.encoder.encode([preprocess(t) for t in texts], convert_to_numpy=True)
+
+    def fit(self, texts: list[str], labels: list[str]) -> EmbedModel:
+        self.head_ = _head(self.C, self.seed).fit(self.embed(texts), labels)
+        self.labels_ = [str(label) for label in self.head_.classes_]
+        return self
+
+    def logits(self, texts: list[str], use_cache: bool = True) -> np.ndarray:
+        return self.head_.decision_function(self.embed(texts, use_cache))
+
+    @property
+    def weights(self) -> tuple[np.ndarray, np.ndarray]:
+        """(coef (n_labels, dim), intercept (n_labels,)): the head as export wants it."""
+        return self.head_.coef_.astype(np.float32), self.head_.intercept_.astype(np.float32)
+
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        coef, intercept = self.weights
+        np.savez(folder / "head.npz", coef=coef, intercept=intercept)
+        meta = {
+            "family": self.family,
+            "labels": self.labels_,
+            "encoder": self.encoder.__dict__,
+            "C": self.C,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+        }
+        (folder / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, folder: str | Path) -> EmbedModel:
+        folder = Path(folder)
+        meta = json.loads((folder / "model.json").read_text())
+        model = cls(EncoderSpec(**meta["encoder"]), C=meta["C"], seed=meta["seed"], batch_size=meta["batch_size"])
+        head = np.load(folder / "head.npz")
+        model.head_ = _head(model.C, model.seed)
+        model.head_.classes_ = np.array(meta["labels"])
+        model.head_.coef_, model.head_.intercept_ = head["coef"], head["intercept"]
+        model.labels_ = meta["labels"]
+        return model

@@ -1,0 +1,80 @@
+"""Evaluate calibrated families on a frozen evaluation set: the numbers `report` publishes."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from routelet.calibration import Policy, decisions, ece, gate_only_probs, oos_auroc
+from routelet.metrics import classification
+
+
+def final_routes(probs: np.ndarray, reject: int | None, policy: Policy) -> np.ndarray:
+    """The decision a caller gets: the top route, or the reject route when the policy abstains."""
+    predicted = probs.argmax(axis=1)
+    if reject is not None:
+        predicted = np.where(policy.abstains(probs, reject), reject, predicted)
+    return predicted
+
+
+def evaluate(probs: np.ndarray, y: np.ndarray, names: list[str], reject: int | None, calibration: dict) -> dict:
+    """Headline metrics (with the chosen policy), the abstention comparison and calibration."""
+    policy = Policy(calibration["threshold"], calibration["margin"], reject_class=True)
+    in_scope = y != reject if reject is not None else np.ones(len(y), bool)
+    detail = classification(y, final_routes(probs, reject, policy), names)
+    headline = {
+        "accuracy": detail["accuracy"],
+        "macro_f1": detail["macro_f1"],
+        "ece": round(ece(probs, y), 4),
+        "ece_in_scope": round(ece(probs[in_scope], y[in_scope]), 4),
+    }
+    if reject is not None:
+        both = decisions(probs, y, reject, policy)
+        headline |= {
+            "in_scope_accuracy": round(both["in_scope_accuracy"], 4),
+            "oos_recall": round(both["oos_recall"], 4),
+            "oos_auroc": round(oos_auroc(probs, y, reject), 4),
+        }
+        n_in, n_out = int(in_scope.sum()), int((~in_scope).sum())
+        detail["in_scope_accuracy_n"], detail["oos_recall_n"] = n_in, n_out
+        class_only = decisions(probs, y, reject, Policy(0.0, 0.0, True))
+        gate_only = decisions(gate_only_probs(probs, reject), y, reject,
+                              Policy(calibration["gate_only_threshold"], calibration["margin"], reject_class=False))
+        detail["abstention"] = {
+            "reject_class_only": _rounded(class_only),
+            "confidence_gate_only": _rounded(gate_only),
+            "both": _rounded(both),
+        }
+    return {"headline": headline, "detail": detail}
+
+
+def _rounded(values: dict) -> dict:
+    return {key: round(value, 4) for key, value in values.items()}
+
+
+def single_query_latency(predict, texts: list[str], warmup: int = 5) -> dict[str, float]:
+    """p50/p95 milliseconds of `predict([text])`, one text at a time, as a router serves."""
+    for text in texts[:warmup]:
+        predict([text])
+    timings = []
+    for text in texts:
+        start = time.perf_counter()
+        predict([text])
+        timings.append((time.perf_counter() - start) * 1000)
+    timings.sort()
+    return {
+        "p50_ms": round(statistics.median(timings), 3),
+        "p95_ms": round(timings[min(len(timings) - 1, int(0.95 * len(timings)))], 3),
+    }
+
+
+def folder_megabytes(*paths: str | Path) -> float:
+    total = 0
+    for path in paths:
+        path = Path(path)
+        files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+        total += sum(p.stat().st_size for p in files)
+    return round(total / 1e6, 2)

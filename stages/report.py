@@ -1,0 +1,89 @@
+"""Stage report: every family side by side on every frozen evaluation set.
+
+    python -m stages.report
+
+Reads params `families`, `export_onnx.ship`, `report.*`; data/prepared, data/models,
+report/calibration.json and, when present, report/baselines.json (cached LLM baseline).
+Writes report/metrics.json (DVC metrics: one column per family and metric), report/details.json
+(per-route scores, confusion matrices, abstention comparison), DVC plot data and PNG figures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from routelet.dataset import load_prepared
+from routelet.encoders import EncoderSpec
+from routelet.families import MODELS, load_trained
+from routelet.params import load_params
+from routelet.plots import confusion_figure, scatter_figure
+from routelet.report import evaluate, folder_megabytes, single_query_latency
+
+REPORT, FIGURES = Path("report"), Path("report/figures")
+
+
+def model_size(trained) -> float:
+    """What the family needs on disk: its folder, plus a frozen encoder it loads from elsewhere."""
+    paths = [MODELS / trained.name]
+    encoder = getattr(trained.model, "encoder", None)
+    if trained.model.family == "embed" and isinstance(encoder, EncoderSpec):
+        paths.append(encoder.resolve())
+    return folder_megabytes(*paths)
+
+
+def llm_baselines(test_digest: str) -> dict:
+    """Cached LLM baseline scores for this exact holdout; a missing file is not an error."""
+    path = REPORT / "baselines.json"
+    if not path.is_file():
+        return {}
+    entry = json.loads(path.read_text()).get("holdout", {})
+    return entry.get("models", {}) if entry.get("sha256") == test_digest else {}
+
+
+def main() -> None:
+    params = load_params()
+    torch.set_num_threads(params["report"]["threads"])
+    prepared = load_prepared("data/prepared")
+    calibration = json.loads((REPORT / "calibration.json").read_text())
+    names, reject = prepared.taxonomy.route_names, prepared.reject_id
+    y, texts = prepared.route_ids("test"), prepared.texts("test")
+    sample = texts[:: max(1, len(texts) // params["report"]["latency_queries"])][: params["report"]["latency_queries"]]
+
+    metrics, details = {}, {}
+    for name in params["families"]:
+        trained = load_trained(name)
+        cal = calibration[name]
+        probs = trained.route_probs(texts, prepared.taxonomy, cal["temperature"])
+        result = evaluate(probs, y, names, reject, cal)
+        predict = trained.model.logits
+        if trained.model.family == "embed":  # a served query is never a cache hit
+            predict = lambda batch, model=trained.model: model.logits(batch, use_cache=False)  # noqa: E731
+        metrics[name] = result["headline"] | single_query_latency(predict, sample) | {"size_mb": model_size(trained)}
+        details[name] = result["detail"]
+        print(f"report: {name}: {metrics[name]}")
+
+    test_digest = hashlib.sha256(Path("data/prepared/test.jsonl").read_bytes()).hexdigest()
+    for model, scores in llm_baselines(test_digest).items():
+        metrics[f"llm:{model}"] = scores
+    (REPORT / "metrics.json").write_text(json.dumps({"holdout": metrics}, indent=2) + "\n")
+    (REPORT / "details.json").write_text(json.dumps({"holdout": details, "routes": names}, indent=2) + "\n")
+
+    ship = params["export_onnx"]["ship"]
+    matrix = details[ship]["confusion"]
+    records = [{"actual": names[i], "predicted": names[j]} for i, row in enumerate(matrix)
+               for j, count in enumerate(row) for _ in range(count)]
+    (REPORT / "plots").mkdir(parents=True, exist_ok=True)
+    (REPORT / "plots" / "confusion.json").write_text(json.dumps(records) + "\n")
+    confusion_figure(matrix, names, f"{ship} on the holdout (with abstention)", FIGURES / "confusion.png")
+    key = "in_scope_accuracy" if reject is not None else "accuracy"
+    scatter_figure({n: (m["p50_ms"], m[key]) for n, m in metrics.items() if "p50_ms" in m},
+                   "single-query p50 latency, ms (log)", key.replace("_", " "), "Accuracy vs latency",
+                   FIGURES / "accuracy_vs_latency.png", log_x=True)
+
+
+if __name__ == "__main__":
+    main()
