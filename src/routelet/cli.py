@@ -1,0 +1,125 @@
+"""The `routelet` console script: route texts with a router folder, or serve it over HTTP.
+
+    routelet route "what's my balance" --router router
+    cat requests.txt | routelet route --router router
+    routelet serve --router router --port 8000
+
+Each subcommand is one entry in COMMANDS (name -> (help, add_arguments, run)); `run` imports
+what it needs itself, so `route` and `serve` load only the torch-free runtime and server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Callable
+
+EXIT_USER_ERROR = 2
+_ROUTER_HELP = "router folder holding router.json and its model files (default: %(default)s)"
+
+
+def _route_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("text", nargs="?", help="text to route; omit it to read one text per stdin line")
+    parser.add_argument("--router", default="router", help=_ROUTER_HELP)
+    parser.add_argument("--top-k", type=int, default=3, help="how many top routes to list (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads (default: %(default)s)")
+
+
+def _route(args: argparse.Namespace) -> int:
+    from routelet.runtime import Router
+
+    router = Router.load(args.router, threads=args.threads)
+    if args.text is not None:
+        print(json.dumps(router.route_one(args.text, top_k=args.top_k)))
+        return 0
+    # One JSON line per input line, flushed at once, so it works as a pipe filter.
+    for line in sys.stdin:
+        print(json.dumps(router.route_one(line.rstrip("\r\n"), top_k=args.top_k)), flush=True)
+    return 0
+
+
+def _serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--router", default="router", help=_ROUTER_HELP)
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind (default: %(default)s); any non-loopback address needs an API key")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
+    parser.add_argument("--api-key", default=os.environ.get("ROUTELET_API_KEY") or None,
+                        help="require this value in the X-API-Key header on /v1/* (default: $ROUTELET_API_KEY)")
+    parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads (default: %(default)s)")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from routelet.server import serve
+
+    serve(args.router, host=args.host, port=args.port, api_key=args.api_key, threads=args.threads)
+    return 0
+
+
+COMMANDS: dict[str, tuple[str, str, Callable, Callable]] = {
+    "route": (
+        "route texts with a router folder and print one JSON line per text",
+        "examples:\n"
+        "  routelet route \"what's my account balance\"\n"
+        "  routelet route \"book a flight\" --router models/router --top-k 5\n"
+        "  printf 'hi\\nsend money\\n' | routelet route --router router   # one JSON line per input line\n"
+        "\noutput: {\"route\", \"target\", \"confidence\", \"abstain\", \"top_k\": [{\"route\", \"target\", \"p\"}], "
+        "\"model_version\"}",
+        _route_arguments,
+        _route,
+    ),
+    "serve": (
+        "serve a router folder over HTTP (POST /v1/route, GET /healthz, playground at /)",
+        "examples:\n"
+        "  routelet serve --router router                      # http://127.0.0.1:8000/ (playground)\n"
+        "  ROUTELET_API_KEY=s3cret routelet serve --host 0.0.0.0 --port 8080\n"
+        "  curl -s localhost:8000/v1/route -H 'content-type: application/json' -d '{\"text\": \"hi\"}'\n"
+        "\nAPI docs are at /docs. Binding a non-loopback host requires --api-key or $ROUTELET_API_KEY.",
+        _serve_arguments,
+        _serve,
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="routelet",
+        description="Route texts with a trained router folder, without torch.",
+        epilog="examples:\n  routelet route \"what's my balance\" --router router\n"
+        "  routelet serve --router router --port 8000\n\n"
+        "Run `routelet <command> --help` for a command's options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+    for name, (summary, epilog, add_arguments, run) in COMMANDS.items():
+        command = sub.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".",
+                                 epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+        add_arguments(command)
+        command.set_defaults(run=run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from routelet.runtime import RouterError
+
+    errors: tuple[type[Exception], ...] = (RouterError,)
+    if args.command == "serve":
+        from routelet.server import ServeError
+
+        errors += (ServeError,)
+    try:
+        return args.run(args)
+    except errors as exc:
+        print(f"routelet {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `routelet route | head` closed the pipe: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""The `routelet` console script: help texts, route (argument and stdin), clean errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from routers import onnx_folder, tfidf_folder  # noqa: F401  (fixtures)
+
+from routelet.cli import COMMANDS, main
+
+SCRIPT = str(Path(sys.executable).parent / "routelet")
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        ([], ["route", "serve", "examples:", "--help"]),
+        (["route"], ["--router", "--top-k", "--threads", "stdin", "examples:", "routelet route"]),
+        (["serve"], ["--router", "--host", "--port", "--api-key", "ROUTELET_API_KEY", "--threads",
+                     "examples:", "/docs"]),
+    ],
+)
+def test_help(capsys, argv, expected):
+    with pytest.raises(SystemExit) as done:
+        main(argv + ["--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    for word in expected:
+        assert word in out
+
+
+def test_every_command_has_help(capsys):
+    for name in COMMANDS:
+        with pytest.raises(SystemExit):
+            main([name, "--help"])
+        assert "usage: routelet " + name in capsys.readouterr().out
+
+
+def test_route_prints_one_json_line(capsys, tfidf_folder):
+    assert main(["route", "what is my account balance", "--router", str(tfidf_folder), "--top-k", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1
+    result = json.loads(out)
+    assert result["route"] == "banking" and len(result["top_k"]) == 2
+
+
+def test_route_default_router_folder_is_router_in_cwd(capsys, tfidf_folder, monkeypatch):
+    assert tfidf_folder.name == "router"
+    monkeypatch.chdir(tfidf_folder.parent)
+    assert main(["route", "my flight"]) == 0
+    assert json.loads(capsys.readouterr().out)["route"] == "travel"
+
+
+@pytest.mark.parametrize("kind", ["tfidf", "onnx"])
+def test_stdin_mode_one_line_per_request(request, kind):
+    folder = request.getfixturevalue(f"{kind}_folder")
+    done = subprocess.run([SCRIPT, "route", "--router", str(folder)], input="balance\nairport flight\njoke\n",
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert [json.loads(line)["route"] for line in lines] == ["banking", "travel", "oos"]
+
+
+def test_router_error_is_one_clean_line(tmp_path):
+    done = subprocess.run([SCRIPT, "route", "hello", "--router", str(tmp_path / "missing")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert str(tmp_path / "missing") in done.stderr and "--router" in done.stderr
