@@ -334,23 +334,17 @@ class _TfidfModel:
             if part.get("use_idf", True) and (idf is None or idf.shape != (part["n_features"],)):
                 raise _fail(weights_path, f"idf_{index} is missing or has the wrong length")
             self.parts.append(_TfidfPart(part, idf))
-        # Rows of coef.T are contiguous per feature, so gathering a batch's columns is cheap.
+        # Rows of coef.T are contiguous per feature, so gathering one text's columns is cheap.
         self.coef_t = np.ascontiguousarray(coef.T, dtype=np.float64)
         self.intercept = intercept.astype(np.float64)
 
     def __call__(self, texts: list[str]) -> np.ndarray:
-        rows = []
-        for text in texts:
+        logits = np.tile(self.intercept, (len(texts), 1))
+        for row, text in enumerate(texts):
             pieces = [part(text) for part in self.parts]
-            rows.append((np.concatenate([p[0] for p in pieces]), np.concatenate([p[1] for p in pieces])))
-        # A dense matrix over only the columns this batch uses: no scipy, little memory.
-        used, inverse = np.unique(np.concatenate([r[0] for r in rows]), return_inverse=True)
-        x = np.zeros((len(texts), len(used)))
-        start = 0
-        for i, (cols, vals) in enumerate(rows):
-            x[i, inverse[start : start + len(cols)]] = vals
-            start += len(cols)
-        logits = x @ self.coef_t[used] + self.intercept
+            cols = np.concatenate([p[0] for p in pieces])
+            # Sparse row times the head: only the rows of coef.T this text uses are touched.
+            logits[row] += np.concatenate([p[1] for p in pieces]) @ self.coef_t[cols]
         logits -= logits.max(axis=1, keepdims=True)
         np.exp(logits, out=logits)
         return logits / logits.sum(axis=1, keepdims=True)
