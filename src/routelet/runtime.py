@@ -75,7 +75,7 @@ def _check_info(path: Path, info: Any) -> dict:
         if not isinstance(route.get("labels"), list) or not route["labels"]:
             raise _fail(path, f"{where}.labels must be a non-empty list")
         for label in route["labels"]:
-            if label not in labels:
+            if not isinstance(label, str) or label not in labels:
                 raise _fail(path, f"{where} ({route['name']}) owns {label!r}, which is not in labels")
             if label in owner:
                 raise _fail(path, f"label {label!r} belongs to both {owner[label]!r} and {route['name']!r}")
@@ -89,6 +89,8 @@ def _check_info(path: Path, info: Any) -> dict:
     if info.get("reject_route") is not None and info["reject_route"] not in names:
         raise _fail(path, f"reject_route {info['reject_route']!r} is not one of the routes {names}")
     abstain = info.get("abstain") or {}
+    if not isinstance(abstain, dict):
+        raise _fail(path, "abstain must be an object like {\"threshold\": 0.55, \"margin\": 0.0}")
     for key in ("threshold", "margin"):
         if not isinstance(abstain.get(key, 0.0), (int, float)):
             raise _fail(path, f"abstain.{key} must be a number")
