@@ -1,8 +1,8 @@
 """The `routelet` console script: route texts with a router folder, or serve it over HTTP.
 
-    routelet route "what's my balance" --router router
-    cat requests.txt | routelet route --router router
-    routelet serve --router router --port 8000
+    routelet route "what's my balance" --router data/router
+    cat requests.txt | routelet route --router data/router
+    routelet serve --router data/router --port 8000
 
 Each subcommand is one entry in COMMANDS (name -> (help, add_arguments, run)); `run` imports
 what it needs itself, so `route` and `serve` load only the torch-free runtime and server.
@@ -17,12 +17,13 @@ import sys
 from typing import Callable
 
 EXIT_USER_ERROR = 2
+DEFAULT_ROUTER = "data/router"  # where `dvc repro` puts the exported router
 _ROUTER_HELP = "router folder holding router.json and its model files (default: %(default)s)"
 
 
 def _route_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("text", nargs="?", help="text to route; omit it to read one text per stdin line")
-    parser.add_argument("--router", default="router", help=_ROUTER_HELP)
+    parser.add_argument("--router", default=DEFAULT_ROUTER, help=_ROUTER_HELP)
     parser.add_argument("--top-k", type=int, default=3, help="how many top routes to list (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads (default: %(default)s)")
 
@@ -41,7 +42,7 @@ def _route(args: argparse.Namespace) -> int:
 
 
 def _serve_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--router", default="router", help=_ROUTER_HELP)
+    parser.add_argument("--router", default=DEFAULT_ROUTER, help=_ROUTER_HELP)
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind (default: %(default)s); any non-loopback address needs an API key")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
@@ -62,8 +63,8 @@ COMMANDS: dict[str, tuple[str, str, Callable, Callable]] = {
         "route texts with a router folder and print one JSON line per text",
         "examples:\n"
         "  routelet route \"what's my account balance\"\n"
-        "  routelet route \"book a flight\" --router models/router --top-k 5\n"
-        "  printf 'hi\\nsend money\\n' | routelet route --router router   # one JSON line per input line\n"
+        "  routelet route \"book a flight\" --router data/router --top-k 5\n"
+        "  printf 'hi\\nsend money\\n' | routelet route --router data/router   # one JSON line per input line\n"
         "\noutput: {\"route\", \"target\", \"confidence\", \"abstain\", \"top_k\": [{\"route\", \"target\", \"p\"}], "
         "\"model_version\"}",
         _route_arguments,
@@ -72,7 +73,7 @@ COMMANDS: dict[str, tuple[str, str, Callable, Callable]] = {
     "serve": (
         "serve a router folder over HTTP (POST /v1/route, GET /healthz, playground at /)",
         "examples:\n"
-        "  routelet serve --router router                      # http://127.0.0.1:8000/ (playground)\n"
+        "  routelet serve --router data/router                      # http://127.0.0.1:8000/ (playground)\n"
         "  ROUTELET_API_KEY=s3cret routelet serve --host 0.0.0.0 --port 8080\n"
         "  curl -s localhost:8000/v1/route -H 'content-type: application/json' -d '{\"text\": \"hi\"}'\n"
         "\nAPI docs are at /docs. Binding a non-loopback host requires --api-key or $ROUTELET_API_KEY.",
@@ -86,8 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="routelet",
         description="Route texts with a trained router folder, without torch.",
-        epilog="examples:\n  routelet route \"what's my balance\" --router router\n"
-        "  routelet serve --router router --port 8000\n\n"
+        epilog="examples:\n  routelet route \"what's my balance\" --router data/router\n"
+        "  routelet serve --router data/router --port 8000\n\n"
         "Run `routelet <command> --help` for a command's options.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

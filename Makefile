@@ -1,0 +1,39 @@
+# Two commands set everything up on a fresh clone: `make repro` (venv + the whole pipeline on the
+# bundled data, offline) and `make test`. `make bench` measures speed and memory.
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Stages run `python -m stages.x`: put the venv first so DVC finds the right interpreter.
+export PATH := $(abspath $(BIN)):$(PATH)
+export OMP_WAIT_POLICY ?= PASSIVE
+
+.PHONY: setup repro test test-fast bench datasets clean-venv
+
+$(BIN)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first and pinned: 2.13.0 is the CPU build on this machine's disk (no CUDA download).
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[train,test]'
+	touch $@
+
+setup: $(BIN)/.installed
+
+repro: setup
+	dvc repro
+
+test: setup
+	pytest
+
+test-fast: setup
+	pytest -m "not slow"
+
+bench: setup
+	python -m routelet.bench
+
+# Rebuild the bundled dataset folders from the public releases (SRC: folder holding clinc150/ and banking77/).
+datasets: setup
+	python -m routelet.bundled clinc150 --source $(SRC)/clinc150 --out data/clinc150 --evals evals
+	python -m routelet.bundled banking77 --source $(SRC)/banking77 --out data/banking77
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,64 @@
+import numpy as np
+
+from routelet.calibration import (
+    Policy,
+    choose_threshold,
+    decisions,
+    ece,
+    fit_temperature_routes,
+    gate_only_probs,
+    oos_auroc,
+    risk_coverage,
+)
+from routelet.models import softmax
+
+
+def synthetic(n=4000, k=4, true_t=2.5, seed=0):
+    """Labels drawn from softmax(logits / true_t): the right temperature is true_t."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 4, size=(n, k))
+    p = softmax(logits, true_t)
+    y = np.array([rng.choice(k, p=row) for row in p])
+    return logits, y
+
+
+def test_temperature_recovers_the_generating_one_and_lowers_ece():
+    logits, y = synthetic()
+    t = fit_temperature_routes(lambda temp: softmax(logits, temp), y)
+    assert abs(t - 2.5) < 0.25
+    assert ece(softmax(logits, t), y) < ece(softmax(logits, 1.0), y)
+
+
+def test_perfectly_confident_and_right_has_zero_ece():
+    probs = np.eye(3)[[0, 1, 2, 0]]
+    assert ece(probs, np.array([0, 1, 2, 0])) == 0
+
+
+def test_threshold_meets_the_target_and_is_the_smallest_that_does():
+    rng = np.random.default_rng(1)
+    y = np.array([0] * 80 + [1] * 80 + [2] * 40)  # route 2 is the reject route
+    top = np.where(y == 2, rng.uniform(0.3, 0.7, len(y)), rng.uniform(0.5, 1.0, len(y)))
+    probs = np.zeros((len(y), 3))
+    probs[np.arange(len(y)), np.where(y == 2, 0, y)] = top
+    probs[np.arange(len(y)), np.where(y == 2, 1, 2 - (y == 0))] = 1 - top
+    policy = choose_threshold(probs, y, 2, "oos_recall", 0.8)
+    assert decisions(probs, y, 2, policy)["oos_recall"] >= 0.8
+    # The next candidate down (any threshold in between abstains on the same rows) falls short.
+    looser = Policy(probs.max(axis=1)[probs.max(axis=1) < policy.threshold].max())
+    assert decisions(probs, y, 2, looser)["oos_recall"] < 0.8
+
+
+def test_abstain_on_reject_class_gate_and_margin():
+    probs = np.array([[0.9, 0.05, 0.05], [0.5, 0.45, 0.05], [0.1, 0.1, 0.8], [0.4, 0.3, 0.3]])
+    assert Policy(0.45, 0.0).abstains(probs, 2).tolist() == [False, False, True, True]
+    assert Policy(0.0, 0.1).abstains(probs, 2).tolist() == [False, True, True, False]
+    assert Policy(0.0, 0.0, reject_class=False).abstains(probs, 2).tolist() == [False] * 4
+    np.testing.assert_allclose(gate_only_probs(probs, 2)[2], [0.5, 0.5, 0.0])
+
+
+def test_auroc_and_risk_coverage():
+    probs = np.array([[0.9, 0.1, 0.0], [0.2, 0.1, 0.7], [0.6, 0.3, 0.1], [0.3, 0.2, 0.5]])
+    y = np.array([0, 2, 1, 2])
+    assert oos_auroc(probs, y, 2) == 1.0
+    curve = risk_coverage(probs, y, points=4)
+    assert [p["coverage"] for p in curve] == [0.25, 0.5, 0.75, 1.0] and curve[0]["risk"] == 0.0
