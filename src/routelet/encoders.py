@@ -16,8 +16,10 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 
@@ -68,19 +70,38 @@ def load_sentence_encoder(spec: EncoderSpec, device: str = "cpu"):
         try:  # the hub cache first: no network round trip when the weights are already here
             model = SentenceTransformer(source, device=device, local_files_only=True)
         except Exception:
-            try:
-                model = SentenceTransformer(source, device=device)
-            except Exception as error:
-                raise EncoderUnavailable(
-                    f"encoder {spec.name!r}: cannot load {source!r} from the Hugging Face hub "
-                    f"({type(error).__name__}: {str(error).splitlines()[0][:200]}). Where the hub is "
-                    f"reachable run `hf download {source} --local-dir models/{spec.name}` and set "
-                    f"encoders.{spec.name}.source in params.yaml to that folder."
-                ) from None
+            model = _from_hub(spec, source, device)
     model.max_seq_length = spec.max_length
     return model
 
 
+def _from_hub(spec: EncoderSpec, source: str, device: str):
+    from sentence_transformers import SentenceTransformer
+
+    fix = (f"Where the hub is reachable run `hf download {source} --local-dir models/{spec.name}`, "
+           f"copy that folder here and set encoders.{spec.name}.source in params.yaml to it.")
+    # Probe first: with no network the hub client retries for a minute before it gives up.
+    if not _hub_reachable():
+        raise EncoderUnavailable(f"encoder {spec.name!r}: {source!r} is not a local folder and the Hugging Face "
+                                 f"hub is unreachable (or HF_HUB_OFFLINE is set). {fix}")
+    try:
+        return SentenceTransformer(source, device=device)
+    except Exception as error:
+        raise EncoderUnavailable(
+            f"encoder {spec.name!r}: cannot load {source!r} from the Hugging Face hub "
+            f"({type(error).__name__}: {str(error).splitlines()[0][:200]}). {fix}"
+        ) from None
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 class EmbeddingCache:
     """Vectors keyed by text hash in one .npy per encoder key; appends what is missing."""
 

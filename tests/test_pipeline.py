@@ -1,0 +1,98 @@
+"""End to end: the real `dvc repro` in a copy of the repository, on a tiny dataset."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from routers import ROUTES, synthetic_dataset
+from tiny_encoder import build_tiny_encoder
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def run(args, cwd, check=True):
+    env = os.environ | {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+                        "ROUTELET_CACHE": str(Path(cwd) / ".cache"), "OMP_WAIT_POLICY": "PASSIVE"}
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+def write_jsonl(path, texts, labels):
+    path.write_text("".join(json.dumps({"text": t, "label": l}) + "\n" for t, l in zip(texts, labels)))
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """The repository's pipeline files and a tiny dataset, git and DVC initialised."""
+    work = tmp_path_factory.mktemp("repo")
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(ROOT / name, work / name)
+    for folder in ("stages", "src"):
+        shutil.copytree(ROOT / folder, work / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    data = work / "data" / "tiny"
+    data.mkdir(parents=True)
+    write_jsonl(data / "train.jsonl", *synthetic_dataset(n_per_label=25, seed=0))
+    (work / "evals").mkdir()
+    write_jsonl(work / "evals" / "holdout.jsonl", *synthetic_dataset(n_per_label=10, seed=1))
+    (data / "test.jsonl").symlink_to(Path("..", "..", "evals", "holdout.jsonl"))
+    (data / "taxonomy.yaml").write_text(yaml.safe_dump({"reject": "oos", "routes": ROUTES}))
+
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["data"]["dir"] = "data/tiny"
+    params["model"] = "tiny"
+    params["encoders"]["tiny"] = {"modality": "text", "source": str(build_tiny_encoder(work / ".enc")), "max_length": 32}
+    params["report"]["latency_queries"] = 20
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "init", "-q"], work)
+    run(["dvc", "init", "-q"], work)
+    return work
+
+
+def test_repro_trains_checks_reports_then_runs_nothing(workspace):
+    first = run(["dvc", "repro"], workspace)
+    for stage in ("checkdata", "train_baseline", "calibrate", "report"):
+        assert f"Running stage '{stage}'" in first.stdout
+    metrics = json.loads((workspace / "report" / "metrics.json").read_text())["holdout"]
+    assert set(metrics) >= {"tfidf", "embed", "embed_routes"}
+    assert metrics["tfidf"]["in_scope_accuracy"] > 0.8  # keyword data: TF-IDF should nail it
+    for name in ("confusion.png", "reliability.png", "risk_coverage.png", "accuracy_vs_latency.png"):
+        assert (workspace / "report" / "figures" / name).stat().st_size > 1000
+    dag = run(["dvc", "dag", "--dot"], workspace).stdout
+    for edge in ('"checkdata" -> "train_baseline"', '"train_baseline" -> "calibrate"', '"calibrate" -> "report"'):
+        assert edge in dag
+
+    second = run(["dvc", "repro"], workspace)
+    assert "Running stage" not in second.stdout
+    shown = run(["dvc", "metrics", "show", "--json"], workspace).stdout
+    assert "in_scope_accuracy" in shown
+
+
+def test_bad_rows_are_named_quarantined_and_fail_the_run(workspace):
+    train = workspace / "data" / "tiny" / "train.jsonl"
+    good = train.read_text()
+    lines = good.splitlines()
+    lines[3] = '{"text": "broken json", "label": "flight"'
+    lines[7] = '{"text": "what is the meaning of life", "label": "philosophy"}'
+    lines[11] = '{"text": "", "label": "balance"}'
+    train.write_text("\n".join(lines) + "\n")
+    try:
+        result = run(["dvc", "repro", "checkdata"], workspace, check=False)
+    finally:
+        train.write_text(good)
+    assert result.returncode != 0
+    for line, reason in ((4, "malformed JSON"), (8, "unknown label 'philosophy'"), (12, "text is empty")):
+        assert f"data/tiny/train.jsonl:{line}: " in result.stderr and reason in result.stderr
+    assert "over data.max_rejected_share=0.0" in result.stderr
+    quarantine = [json.loads(x) for x in (workspace / "data/prepared/quarantine.jsonl").read_text().splitlines()]
+    assert [q["line"] for q in quarantine] == [4, 8, 12]
