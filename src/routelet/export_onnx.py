@@ -1,0 +1,412 @@
+"""Export an embed router to one ONNX graph (token ids in, calibrated probabilities out) and check it.
+
+    files = build_onnx_router(encoder_folder, coef, intercept, temperature, "router/")
+    probs = onnx_probs("router/", texts)                      # onnxruntime + tokenizers, no torch
+    ref = torch_probs(encoder_folder, coef, intercept, temperature, texts)
+    check_parity(parity(ref, probs), min_agreement=0.995, where="export_onnx.min_agreement")
+
+The graph is the sentence-transformers encoder (transformer, then the pooling and the optional
+Normalize read from the saved model, so it gives exactly what `encode()` gave at training), then
+the logistic-regression head with the temperature folded in, then softmax. `model.onnx` is int8
+(dynamic quantisation, per channel); the head stays fp32 because it is tiny and its error lands
+directly on the probabilities. Texts must already be preprocessed, as everywhere else.
+
+The DVC stage `stages/export_onnx.py` calls these; torch is only imported to build and for the
+reference, so `onnx_probs` runs where only the runtime install is.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+MODEL_FILE = "model.onnx"
+FP32_FILE = "model.fp32.onnx"
+TOKENIZER_FILE = "tokenizer.json"
+OPSET = 17
+# Pooling modes the graph reproduces (sentence-transformers' names). "weightedmean" is left out.
+POOLING_MODES = ("mean", "cls", "max", "lasttoken", "mean_sqrt_len_tokens")
+# Architectures onnxruntime's transformer optimizer fuses (attention, layer norm, gelu) as "bert".
+_BERT_LIKE = {"bert", "roberta", "xlm-roberta", "distilbert", "electra", "camembert", "mpnet"}
+
+
+class ParityError(ValueError):
+    """The exported router disagrees with the trained model more than the floor allows."""
+
+
+class UnsupportedEncoder(ValueError):
+    """The sentence-transformers model has a part the ONNX graph cannot reproduce."""
+
+
+# ---------------------------------------------------------------- reading the encoder
+
+
+def _load_sentence_transformer(encoder_folder: str | Path, max_length: int):
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(encoder_folder), device="cpu")
+    model.max_seq_length = max_length
+    return model.eval()
+
+
+def _readout(model, encoder_folder) -> tuple[object, tuple[str, ...], bool]:
+    """(transformer module, pooling modes, normalize?) of a Transformer -> Pooling [-> Normalize] model."""
+    from sentence_transformers.base.modules.normalize import Normalize
+    from sentence_transformers.base.modules.transformer import Transformer
+    from sentence_transformers.sentence_transformer.modules.pooling import Pooling
+
+    modules = list(model)
+    kinds = [type(m).__name__ for m in modules]
+    shape_ok = (
+        len(modules) in (2, 3)
+        and isinstance(modules[0], Transformer)
+        and isinstance(modules[1], Pooling)
+        and (len(modules) == 2 or isinstance(modules[2], Normalize))
+    )
+    if not shape_ok:
+        raise UnsupportedEncoder(
+            f"{encoder_folder}/modules.json: the ONNX export handles Transformer -> Pooling [-> Normalize], "
+            f"this model is {' -> '.join(kinds)}. Pick an encoder of that shape in params.yaml `encoders`, "
+            "or extend routelet.export_onnx._RouterGraph for the extra module."
+        )
+    if getattr(model, "default_prompt_name", None):
+        raise UnsupportedEncoder(
+            f"{encoder_folder}/config_sentence_transformers.json: default_prompt_name="
+            f"{model.default_prompt_name!r} makes encode() prepend a prompt the exported tokenizer would not. "
+            "Clear default_prompt_name in that file (and retrain), or use an encoder without a default prompt."
+        )
+    pooling = modules[1]
+    modes = (pooling.pooling_mode,) if isinstance(pooling.pooling_mode, str) else tuple(pooling.pooling_mode)
+    unsupported = [m for m in modes if m not in POOLING_MODES]
+    if unsupported:
+        raise UnsupportedEncoder(
+            f"{encoder_folder}/{_module_path(encoder_folder, 1)}: pooling mode {unsupported} is not in the ONNX "
+            f"export (supported: {', '.join(POOLING_MODES)}). Use an encoder with one of those poolings."
+        )
+    if modules[2:] and modules[2].module_input_name != "sentence_embedding":
+        raise UnsupportedEncoder(
+            f"{encoder_folder}: Normalize acts on {modules[2].module_input_name!r}, the export only "
+            "normalises the pooled sentence embedding."
+        )
+    return modules[0], modes, len(modules) == 3
+
+
+def _module_path(encoder_folder, index: int) -> str:
+    try:
+        entry = json.loads((Path(encoder_folder) / "modules.json").read_text())[index]
+        return f"{entry['path']}/config.json" if entry.get("path") else "config.json"
+    except (OSError, IndexError, KeyError, ValueError):
+        return "modules.json"
+
+
+def _head(coef: np.ndarray, intercept: np.ndarray, temperature: float) -> tuple[np.ndarray, np.ndarray]:
+    """Head as (n_labels, dim), (n_labels,) float32. A binary scikit-learn head (one row, sigmoid)
+    becomes the two-row softmax [0, w] that gives the same probabilities."""
+    coef = np.asarray(coef, dtype=np.float32)
+    intercept = np.asarray(intercept, dtype=np.float32).reshape(-1)
+    if coef.ndim != 2 or coef.shape[0] != intercept.shape[0]:
+        raise ValueError(f"head: coef {coef.shape} and intercept {intercept.shape} do not match (want (n_labels, dim), (n_labels,))")
+    if not temperature > 0:
+        raise ValueError(f"head: temperature must be > 0, got {temperature} (see the calibrate stage's output)")
+    if coef.shape[0] == 1:
+        coef = np.concatenate([np.zeros_like(coef), coef])
+        intercept = np.concatenate([np.zeros_like(intercept), intercept])
+    return coef, intercept
+
+
+# ---------------------------------------------------------------- the graph
+
+
+def _router_graph(transformer, modes: tuple[str, ...], normalize: bool, coef, intercept, temperature: float):
+    import torch
+
+    class _RouterGraph(torch.nn.Module):
+        """input_ids, attention_mask -> probs, right-padded batches (the saved tokenizer pads right)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = transformer.auto_model
+            if hasattr(self.encoder, "set_attn_implementation"):
+                # Traced SDPA leaves NaN guards and mask arithmetic that onnxruntime's optimizer does
+                # not recognise as attention; eager attention fuses into one Attention op per layer.
+                self.encoder.set_attn_implementation("eager")
+            self.zero_token_types = "token_type_ids" in inspect.signature(self.encoder.forward).parameters
+            self.head = torch.nn.Linear(coef.shape[1], coef.shape[0])
+            with torch.no_grad():  # softmax(x W^T / T + b / T): the temperature costs no op
+                self.head.weight.copy_(torch.from_numpy(coef / np.float32(temperature)))
+                self.head.bias.copy_(torch.from_numpy(intercept / np.float32(temperature)))
+
+        def forward(self, input_ids, attention_mask):
+            extra = {"token_type_ids": torch.zeros_like(input_ids)} if self.zero_token_types else {}
+            tokens = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(tokens.dtype)
+            pooled = []
+            for mode in modes:
+                if mode == "cls":
+                    pooled.append(tokens[:, 0])
+                elif mode in ("mean", "mean_sqrt_len_tokens"):
+                    count = mask.sum(dim=1).clamp(min=1e-9)
+                    pooled.append((tokens * mask).sum(dim=1) / (count if mode == "mean" else count.sqrt()))
+                elif mode == "max":
+                    pooled.append(tokens.masked_fill(mask == 0, float("-inf")).max(dim=1).values)
+                elif mode == "lasttoken":
+                    last = (attention_mask.sum(dim=1) - 1).clamp(min=0).view(-1, 1, 1).expand(-1, 1, tokens.shape[-1])
+                    pooled.append(tokens.gather(1, last).squeeze(1))
+            embedding = pooled[0] if len(pooled) == 1 else torch.cat(pooled, dim=-1)
+            if normalize:
+                embedding = torch.nn.functional.normalize(embedding, p=2, dim=-1)
+            return torch.softmax(self.head(embedding), dim=-1)
+
+    return _RouterGraph().eval()
+
+
+def _export(graph, tokenizer, path: Path) -> None:
+    import torch
+
+    # Two rows of different lengths, so neither axis is traced as a constant and padding is seen.
+    sample = tokenizer(["one two three four", "one"], padding=True, return_tensors="pt")
+    ids, mask = sample["input_ids"].to(torch.int64), sample["attention_mask"].to(torch.int64)
+    axes = {0: "batch", 1: "sequence"}
+    with torch.no_grad(), warnings.catch_warnings():
+        # The legacy exporter's deprecation notice, and tracer notes on shape checks in
+        # transformers' mask code that hold for every input here (the mask spans the sequence).
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", "Exporting aten::index operator")  # mask index grids, never negative
+        torch.onnx.export(
+            graph,
+            (ids, mask),
+            str(path),
+            input_names=["input_ids", "attention_mask"],
+            output_names=["probs"],
+            dynamic_axes={"input_ids": axes, "attention_mask": axes, "probs": {0: "batch"}},
+            opset_version=OPSET,
+            dynamo=False,
+        )
+
+
+def _optimize(path: Path, config) -> bool:
+    """Fuse attention / layer norm / gelu with onnxruntime's transformer optimizer, in place.
+    Returns False (graph left as exported) where the optimizer or the architecture does not fit."""
+    if getattr(config, "model_type", None) not in _BERT_LIKE:
+        return False
+    try:
+        from onnxruntime.transformers.optimizer import optimize_model
+    except ImportError:
+        return False
+    try:
+        optimized = optimize_model(
+            str(path), model_type="bert", num_heads=config.num_attention_heads, hidden_size=config.hidden_size, opt_level=1
+        )
+    except Exception as error:  # an optimisation only: onnxruntime fuses much of it again at load
+        warnings.warn(f"onnxruntime transformer optimizer skipped ({type(error).__name__}: {error})", stacklevel=2)
+        return False
+    optimized.save_model_to_file(str(path))
+    return True
+
+
+def _quantize(source: Path, target: Path) -> None:
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # quantize_dynamic rewrites a Gemm as "<name>_MatMul" before it reads nodes_to_exclude.
+    head = [node.name for node in onnx.load(str(source), load_external_data=False).graph.node if node.name.startswith("/head/")]
+    head += [f"{name}_MatMul" for name in head]
+    quantize_dynamic(
+        str(source),
+        str(target),
+        per_channel=True,
+        weight_type=QuantType.QInt8,
+        nodes_to_exclude=head,
+        # Fused com.microsoft ops defeat ONNX shape inference; their tensors are all float.
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
+
+
+def _save_tokenizer(transformer, path: Path, max_length: int) -> None:
+    from tokenizers import Tokenizer
+
+    backend = getattr(transformer.tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise UnsupportedEncoder(
+            f"{type(transformer.tokenizer).__name__} has no fast (tokenizers) backend, and the router folder "
+            "ships a tokenizer.json. Save the encoder with a fast tokenizer (tokenizer.json in its folder)."
+        )
+    # The tokenizer sentence-transformers actually ran, copied so its state there stays untouched.
+    tokenizer = Tokenizer.from_str(backend.to_str())
+    tokenizer.enable_truncation(max_length=max_length)
+    pad_token = transformer.tokenizer.pad_token
+    # Pad to the longest in the batch on the right: the graph's CLS / last-token pooling assume it,
+    # and a fixed padding length (MiniLM's file pads to 128) would cost many times the compute.
+    tokenizer.enable_padding(direction="right", pad_id=transformer.tokenizer.pad_token_id, pad_token=pad_token)
+    tokenizer.save(str(path))
+
+
+def build_onnx_router(
+    encoder_folder: str | Path,
+    coef: np.ndarray,
+    intercept: np.ndarray,
+    temperature: float,
+    out_folder: str | Path,
+    max_length: int = 64,
+    quantize: bool = True,
+    keep_fp32: bool = False,
+    optimize: bool = True,
+) -> dict[str, str]:
+    """Write model.onnx (int8 unless quantize=False) and tokenizer.json into out_folder.
+
+    coef (n_labels, dim) and intercept (n_labels,) are the head trained on `encode()` output,
+    temperature the calibrated one. keep_fp32 also keeps model.fp32.onnx (for parity checks);
+    optimize runs onnxruntime's transformer fusions on BERT-like encoders before quantising.
+    Returns the files for router.json: {"model": "model.onnx", "tokenizer": "tokenizer.json"}.
+    """
+    import torch
+
+    coef, intercept = _head(coef, intercept, temperature)
+    out = Path(out_folder)
+    out.mkdir(parents=True, exist_ok=True)
+    model = _load_sentence_transformer(encoder_folder, max_length)
+    transformer, modes, normalize = _readout(model, encoder_folder)
+    dim = model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension") else coef.shape[1]
+    if coef.shape[1] != dim:
+        raise ValueError(
+            f"head: coef has {coef.shape[1]} columns but {encoder_folder} embeds to {dim}: "
+            "the head was trained on another encoder; retrain it with this one."
+        )
+    graph = _router_graph(transformer, modes, normalize, coef, intercept, temperature)
+    with tempfile.TemporaryDirectory(dir=out) as scratch:
+        fp32 = Path(scratch) / FP32_FILE
+        with torch.no_grad():
+            _export(graph, transformer.tokenizer, fp32)
+        if optimize:
+            _optimize(fp32, transformer.auto_model.config)
+        if quantize:
+            _quantize(fp32, out / MODEL_FILE)
+        else:
+            shutil.copyfile(fp32, out / MODEL_FILE)
+        if keep_fp32:
+            shutil.copyfile(fp32, out / FP32_FILE)
+        else:  # a stale fp32 file from an earlier run would not match this model.onnx
+            (out / FP32_FILE).unlink(missing_ok=True)
+    _save_tokenizer(transformer, out / TOKENIZER_FILE, max_length)
+    return {"model": MODEL_FILE, "tokenizer": TOKENIZER_FILE}
+
+
+# ---------------------------------------------------------------- running and comparing
+
+
+def onnx_session(model_path: str | Path, threads: int = 1):
+    """An onnxruntime CPU session with `threads` intra-op threads and one inter-op thread."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_probs(folder_or_model_path: str | Path, texts: list[str], threads: int = 1, batch_size: int = 64) -> np.ndarray:
+    """Probabilities (n_texts, n_labels) from a router's ONNX model on already-preprocessed texts.
+
+    A folder means its model.onnx; a .onnx file is run with the tokenizer.json beside it."""
+    from tokenizers import Tokenizer
+
+    path = Path(folder_or_model_path)
+    model_path = path / MODEL_FILE if path.is_dir() else path
+    tokenizer = Tokenizer.from_file(str(model_path.parent / TOKENIZER_FILE))
+    session = onnx_session(model_path, threads)
+    takes_token_types = "token_type_ids" in {i.name for i in session.get_inputs()}
+    probs = None
+    # Batches of similar lengths: less padding to compute, and int8's per-batch activation scales
+    # then see batches closer to the single queries served.
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        encodings = tokenizer.encode_batch([texts[i] for i in rows])
+        feed = {
+            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+        }
+        if takes_token_types:
+            feed["token_type_ids"] = np.array([e.type_ids for e in encodings], dtype=np.int64)
+        out = session.run(["probs"], feed)[0]
+        if probs is None:
+            probs = np.empty((len(texts), out.shape[1]), np.float32)
+        probs[rows] = out
+    if probs is None:
+        n_labels = session.get_outputs()[0].shape[1]
+        return np.zeros((0, n_labels if isinstance(n_labels, int) else 0), np.float32)
+    return probs
+
+
+def torch_probs(
+    encoder_folder: str | Path,
+    coef: np.ndarray,
+    intercept: np.ndarray,
+    temperature: float,
+    texts: list[str],
+    max_length: int = 64,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """The reference: SentenceTransformer.encode, then the head and softmax(logits / T) in fp32 numpy,
+    i.e. what the trained EmbedModel gives on these (already-preprocessed) texts."""
+    coef, intercept = _head(coef, intercept, temperature)
+    model = _load_sentence_transformer(encoder_folder, max_length)
+    embeddings = model.encode(list(texts), batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
+    logits = embeddings.astype(np.float32).reshape(len(texts), -1) @ coef.T + intercept
+    z = logits / np.float32(temperature)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def parity(reference: np.ndarray, candidate: np.ndarray, confident: float = 0.5) -> dict[str, float]:
+    """How closely candidate probabilities follow the reference, row by row.
+
+    agreement: share of rows with the same top label; max_abs_dp / mean_abs_dp: over all cells;
+    confident_agreement: agreement on the rows where the reference's top probability is at least
+    `confident` (the near-ties a router defers anyway are where quantisation flips labels)."""
+    reference, candidate = np.asarray(reference, np.float64), np.asarray(candidate, np.float64)
+    if reference.shape != candidate.shape:
+        raise ValueError(f"parity: reference {reference.shape} and candidate {candidate.shape} differ in shape")
+    if len(reference) == 0:
+        return {"agreement": 1.0, "max_abs_dp": 0.0, "mean_abs_dp": 0.0, "confident_agreement": 1.0, "n": 0}
+    same = reference.argmax(axis=1) == candidate.argmax(axis=1)
+    sure = reference.max(axis=1) >= confident
+    dp = np.abs(reference - candidate)
+    return {
+        "agreement": float(same.mean()),
+        "max_abs_dp": float(dp.max()),
+        "mean_abs_dp": float(dp.mean()),
+        "confident_agreement": float(same[sure].mean()) if sure.any() else 1.0,
+        "n": int(len(reference)),
+    }
+
+
+def check_parity(report: dict, min_agreement: float, where: str = "export_onnx.min_agreement", what: str = "int8 router") -> None:
+    """Raise ParityError when the exported router's top-label agreement is below the floor.
+
+    `where` names the setting that holds the floor (shown to the user), `what` the candidate."""
+    if report["agreement"] >= min_agreement:
+        return
+    rows = f" ({round(report['agreement'] * report['n'])} of {report['n']} rows)" if "n" in report else ""
+    confident = (
+        f", {report['confident_agreement']:.1%} where the trained model's top probability is at least 0.5"
+        if "confident_agreement" in report
+        else ""
+    )
+    raise ParityError(
+        f"{what} agrees with the trained model on {report['agreement']:.1%} of the holdout{rows}, below the floor "
+        f"{min_agreement:.1%} ({where}){confident}; max |dp| {report['max_abs_dp']:.4f}, mean |dp| "
+        f"{report['mean_abs_dp']:.5f}. What to try: export with quantize=False and compare again; if fp32 "
+        "agrees, the loss is int8's (ship fp32, about 3x slower, or lower the floor knowingly when the "
+        "disagreements are near-ties); if fp32 disagrees too, the head, temperature, max_length or encoder "
+        "given to the export is not the one the model was trained with."
+    )
