@@ -3,13 +3,19 @@
     files = build_onnx_router(encoder_folder, coef, intercept, temperature, "router/")
     probs = onnx_probs("router/", texts)                      # onnxruntime + tokenizers, no torch
     ref = torch_probs(encoder_folder, coef, intercept, temperature, texts)
-    check_parity(parity(ref, probs), min_agreement=0.995, where="export_onnx.min_agreement")
+    check_parity(parity(ref, probs), min_agreement=floor, where="export_onnx.min_agreement")
 
 The graph is the sentence-transformers encoder (transformer, then the pooling and the optional
 Normalize read from the saved model, so it gives exactly what `encode()` gave at training), then
 the logistic-regression head with the temperature folded in, then softmax. `model.onnx` is int8
 (dynamic quantisation, per channel); the head stays fp32 because it is tiny and its error lands
 directly on the probabilities. Texts must already be preprocessed, as everywhere else.
+
+What int8 costs, measured with MiniLM-L6 and a head trained on CLINC150's 11 domain routes: the
+fp32 graph matches encode() to 3e-6 in probability; int8 takes the top label of 97.8% of the
+5,500 test rows (99.2% of rows where the trained model's top probability is >= 0.5), at about a
+third of fp32's latency. The loss comes from activations quantised per tensor: int8 weights
+alone keep 99.7%.
 
 The DVC stage `stages/export_onnx.py` calls these; torch is only imported to build and for the
 reference, so `onnx_probs` runs where only the runtime install is.
@@ -32,8 +38,11 @@ TOKENIZER_FILE = "tokenizer.json"
 OPSET = 17
 # Pooling modes the graph reproduces (sentence-transformers' names). "weightedmean" is left out.
 POOLING_MODES = ("mean", "cls", "max", "lasttoken", "mean_sqrt_len_tokens")
-# Architectures onnxruntime's transformer optimizer fuses (attention, layer norm, gelu) as "bert".
-_BERT_LIKE = {"bert", "roberta", "xlm-roberta", "distilbert", "electra", "camembert", "mpnet"}
+# Encoders whose export goes through onnxruntime's transformer optimizer (model_type "bert"), the
+# ones tested. Its fusions gave the same int8 latency for MiniLM as the plain graph (onnxruntime
+# fuses much at load) but a graph of 141 nodes instead of 672 and a 3x faster session start; other
+# architectures ship the plain export.
+_FUSED_MODEL_TYPES = {"bert"}
 
 
 class ParityError(ValueError):
@@ -111,7 +120,9 @@ def _head(coef: np.ndarray, intercept: np.ndarray, temperature: float) -> tuple[
     coef = np.asarray(coef, dtype=np.float32)
     intercept = np.asarray(intercept, dtype=np.float32).reshape(-1)
     if coef.ndim != 2 or coef.shape[0] != intercept.shape[0]:
-        raise ValueError(f"head: coef {coef.shape} and intercept {intercept.shape} do not match (want (n_labels, dim), (n_labels,))")
+        raise ValueError(
+            f"head: coef {coef.shape} and intercept {intercept.shape} do not match (want (n_labels, dim), (n_labels,))"
+        )
     if not temperature > 0:
         raise ValueError(f"head: temperature must be > 0, got {temperature} (see the calibrate stage's output)")
     if coef.shape[0] == 1:
@@ -194,7 +205,7 @@ def _export(graph, tokenizer, path: Path) -> None:
 def _optimize(path: Path, config) -> bool:
     """Fuse attention / layer norm / gelu with onnxruntime's transformer optimizer, in place.
     Returns False (graph left as exported) where the optimizer or the architecture does not fit."""
-    if getattr(config, "model_type", None) not in _BERT_LIKE:
+    if getattr(config, "model_type", None) not in _FUSED_MODEL_TYPES:
         return False
     try:
         from onnxruntime.transformers.optimizer import optimize_model
@@ -202,7 +213,11 @@ def _optimize(path: Path, config) -> bool:
         return False
     try:
         optimized = optimize_model(
-            str(path), model_type="bert", num_heads=config.num_attention_heads, hidden_size=config.hidden_size, opt_level=1
+            str(path),
+            model_type="bert",
+            num_heads=config.num_attention_heads,
+            hidden_size=config.hidden_size,
+            opt_level=1,
         )
     except Exception as error:  # an optimisation only: onnxruntime fuses much of it again at load
         warnings.warn(f"onnxruntime transformer optimizer skipped ({type(error).__name__}: {error})", stacklevel=2)
@@ -216,7 +231,8 @@ def _quantize(source: Path, target: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     # quantize_dynamic rewrites a Gemm as "<name>_MatMul" before it reads nodes_to_exclude.
-    head = [node.name for node in onnx.load(str(source), load_external_data=False).graph.node if node.name.startswith("/head/")]
+    nodes = onnx.load(str(source), load_external_data=False).graph.node
+    head = [node.name for node in nodes if node.name.startswith("/head/")]
     head += [f"{name}_MatMul" for name in head]
     quantize_dynamic(
         str(source),
@@ -312,7 +328,9 @@ def onnx_session(model_path: str | Path, threads: int = 1):
     return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
 
 
-def onnx_probs(folder_or_model_path: str | Path, texts: list[str], threads: int = 1, batch_size: int = 64) -> np.ndarray:
+def onnx_probs(
+    folder_or_model_path: str | Path, texts: list[str], threads: int = 1, batch_size: int = 64
+) -> np.ndarray:
     """Probabilities (n_texts, n_labels) from a router's ONNX model on already-preprocessed texts.
 
     A folder means its model.onnx; a .onnx file is run with the tokenizer.json beside it."""
@@ -390,7 +408,9 @@ def parity(reference: np.ndarray, candidate: np.ndarray, confident: float = 0.5)
     }
 
 
-def check_parity(report: dict, min_agreement: float, where: str = "export_onnx.min_agreement", what: str = "int8 router") -> None:
+def check_parity(
+    report: dict, min_agreement: float, where: str = "export_onnx.min_agreement", what: str = "int8 router"
+) -> None:
     """Raise ParityError when the exported router's top-label agreement is below the floor.
 
     `where` names the setting that holds the floor (shown to the user), `what` the candidate."""
