@@ -82,7 +82,7 @@ def _readout(model, encoder_folder) -> tuple[object, tuple[str, ...], bool]:
         raise UnsupportedEncoder(
             f"{encoder_folder}/modules.json: the ONNX export handles Transformer -> Pooling [-> Normalize], "
             f"this model is {' -> '.join(kinds)}. Pick an encoder of that shape in params.yaml `encoders`, "
-            "or extend routelet.export_onnx._RouterGraph for the extra module."
+            "or extend routelet.export_onnx._router_graph for the extra module."
         )
     if getattr(model, "default_prompt_name", None):
         raise UnsupportedEncoder(
