@@ -2,8 +2,8 @@
 
     python -m stages.report
 
-Reads params `families`, `export_onnx.ship`, `report.*`; data/prepared, data/models,
-report/calibration.json and, when present, report/baselines.json (cached LLM baseline).
+Reads params `families`, `export_onnx.ship`, `report.*`; data/prepared, data/models, the shipped
+router (data/router, measured through the torch-free runtime), report/calibration.json and, when present, report/baselines.json (cached LLM baseline).
 Writes report/metrics.json (DVC metrics: one column per family and metric), report/details.json
 (per-route scores, confusion matrices, abstention comparison), DVC plot data and PNG figures.
 """
@@ -22,8 +22,9 @@ from routelet.families import MODELS, load_trained
 from routelet.params import load_params
 from routelet.plots import confusion_figure, scatter_figure
 from routelet.report import evaluate, folder_megabytes, single_query_latency
+from routelet.runtime import Router
 
-REPORT, FIGURES = Path("report"), Path("report/figures")
+REPORT, FIGURES, ROUTER = Path("report"), Path("report/figures"), Path("data/router")
 
 
 def model_size(trained) -> float:
@@ -42,6 +43,20 @@ def llm_baselines(test_digest: str) -> dict:
         return {}
     entry = json.loads(path.read_text()).get("holdout", {})
     return entry.get("models", {}) if entry.get("sha256") == test_digest else {}
+
+
+def shipped_router(prepared, calibration: dict, sample: list[str]) -> tuple[dict, dict]:
+    """The exported router folder through the torch-free runtime, exactly as it serves."""
+    router = Router.load(ROUTER, threads=1)
+    family = router.info["family"]
+    trained = load_trained(family)
+    probs = router.probs(prepared.texts("test")) @ trained.taxonomy_view(prepared.taxonomy).label_to_route_matrix(
+        router.labels)
+    result = evaluate(probs, prepared.route_ids("test"), prepared.taxonomy.route_names, prepared.reject_id,
+                      calibration[family])
+    latency = single_query_latency(router.route, sample)
+    headline = result["headline"] | latency | {"size_mb": folder_megabytes(ROUTER)}
+    return headline, result["detail"] | {"family": family, "kind": router.info["kind"]}
 
 
 def main() -> None:
@@ -66,6 +81,7 @@ def main() -> None:
         details[name] = result["detail"]
         print(f"report: {name}: {metrics[name]}")
 
+    metrics["router"], details["router"] = shipped_router(prepared, calibration, sample)
     test_digest = hashlib.sha256(Path("data/prepared/test.jsonl").read_bytes()).hexdigest()
     for model, scores in llm_baselines(test_digest).items():
         metrics[f"llm:{model}"] = scores

@@ -1,0 +1,59 @@
+"""How much data does a router need? Accuracy against examples per label, per family.
+
+Each point trains a fresh model on a seeded per-label sample of the training pool and scores
+the route it gives on the holdout by argmax, so the curve isolates data size from calibration.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+
+import numpy as np
+
+from routelet.dataset import Prepared
+from routelet.families import Trained
+
+
+def sample_per_label(texts: list[str], labels: list[str], per_label: int | None, seed: int) -> tuple[list[str], list[str]]:
+    """At most `per_label` rows of each label (all rows when None), the same rows for every family."""
+    by_label: dict[str, list[int]] = defaultdict(list)
+    for i, label in enumerate(labels):
+        by_label[label].append(i)
+    rng = random.Random(seed)
+    chosen = []
+    for label in sorted(by_label):
+        rows = by_label[label][:]
+        rng.shuffle(rows)
+        chosen += rows if per_label is None else rows[:per_label]
+    chosen.sort()
+    return [texts[i] for i in chosen], [labels[i] for i in chosen]
+
+
+def score(trained: Trained, prepared: Prepared) -> dict[str, float]:
+    probs = trained.route_probs(prepared.texts("test"), prepared.taxonomy)
+    y, reject = prepared.route_ids("test"), prepared.reject_id
+    predicted = probs.argmax(axis=1)
+    result = {"accuracy": round(float((predicted == y).mean()), 4)}
+    if reject is not None:
+        in_scope = y != reject
+        result["in_scope_accuracy"] = round(float((predicted[in_scope] == y[in_scope]).mean()), 4)
+    return result
+
+
+def learning_curve(make_model, prepared: Prepared, sizes: list[int | None], seed: int, name: str) -> list[dict]:
+    """One point per size: `make_model()` builds an unfitted model of the family."""
+    points = []
+    for size in sizes:
+        texts, labels = sample_per_label(prepared.texts("train"), prepared.labels("train"), size, seed)
+        trained = Trained(name, make_model().fit(texts, labels), "fine")
+        per_label = size if size is not None else int(np.median(list(_counts(labels).values())))
+        points.append({"family": name, "per_label": per_label, "rows": len(texts), **score(trained, prepared)})
+    return points
+
+
+def _counts(labels: list[str]) -> dict[str, int]:
+    counts: dict[str, int] = defaultdict(int)
+    for label in labels:
+        counts[label] += 1
+    return counts

@@ -1,0 +1,99 @@
+"""Turn a trained, calibrated family into the router folder that ships, and gate it on parity.
+
+`build_router` writes the model files (int8 ONNX for encoder families, numpy arrays for TF-IDF)
+and router.json, the one description of a shipped model; `parity_report` compares the exported
+router with the trained model on the same texts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from routelet.export_onnx import build_onnx_router, onnx_probs, parity
+from routelet.export_tfidf import export_tfidf
+from routelet.families import Trained
+from routelet.models import softmax
+from routelet.preprocess import PREPROCESS_VERSION
+from routelet.taxonomy import Taxonomy
+
+
+def sha256_file(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def encoder_folder(trained: Trained, model_folder: Path) -> str:
+    """Where the family's sentence encoder lives: the frozen one, or SetFit's fine-tuned body."""
+    return str(model_folder / "body") if trained.model.family == "setfit" else trained.model.encoder.resolve()
+
+
+def export_model(trained: Trained, model_folder: Path, temperature: float, out: Path, keep_fp32: bool = False) -> dict:
+    """Write the model files into `out`; return router.json's `kind` and `files`."""
+    if trained.model.family == "tfidf":
+        files = export_tfidf(trained.model.pipeline_, out, temperature, labels=trained.model.labels_,
+                             coef_dtype="float32")
+        return {"kind": "tfidf", "files": files}
+    coef, intercept = trained.model.weights
+    files = build_onnx_router(encoder_folder(trained, model_folder), coef, intercept, temperature, out,
+                              max_length=trained.model.encoder.max_length, keep_fp32=keep_fp32)
+    return {"kind": "onnx", "files": files}
+
+
+def router_info(trained: Trained, taxonomy: Taxonomy, calibration: dict, exported: dict, hashes: dict,
+                metrics: dict, out: Path) -> dict:
+    view = trained.taxonomy_view(taxonomy)
+    encoder = getattr(trained.model, "encoder", None)
+    return {
+        "format_version": 1,
+        "kind": exported["kind"],
+        "family": trained.name,
+        "model_version": f"{trained.name}-{sha256_file(out / exported['files']['model'])[:8]}",
+        "labels": list(trained.model.labels_),
+        "routes": [route.model_dump() for route in view.routes],
+        "reject_route": view.reject,
+        "temperature": calibration["temperature"],
+        "abstain": {"threshold": calibration["threshold"], "margin": calibration["margin"],
+                    "chosen_on": calibration["chosen_on"]},
+        "max_length": encoder.max_length if encoder is not None else None,
+        "preprocess_version": PREPROCESS_VERSION,
+        "encoder": None if encoder is None else {"name": encoder.name, "source": encoder.source,
+                                                "fine_tuned": trained.model.family == "setfit"},
+        "hashes": hashes,
+        "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "metrics": metrics,
+        "files": exported["files"],
+    }
+
+
+def trained_probs(trained: Trained, texts: list[str], temperature: float) -> np.ndarray:
+    """What the trained model gives, calibrated, over its own labels: the parity reference."""
+    return softmax(trained.model.logits(texts), temperature)
+
+
+def fp32_probs(trained: Trained, model_folder: Path, temperature: float, texts: list[str]) -> np.ndarray:
+    """Export once more without quantisation, to tell int8's loss from an export bug."""
+    with tempfile.TemporaryDirectory() as scratch:
+        coef, intercept = trained.model.weights
+        build_onnx_router(encoder_folder(trained, model_folder), coef, intercept, temperature, scratch,
+                          max_length=trained.model.encoder.max_length, quantize=False)
+        return onnx_probs(scratch, texts)
+
+
+def replace_folder(staged: Path, target: Path) -> None:
+    """Swap the finished router in only after it passed: a failed export never leaves half a folder."""
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.move(str(staged), str(target))
+
+
+def route_parity(reference: np.ndarray, candidate: np.ndarray, to_routes: np.ndarray) -> dict:
+    """Parity of the routes (fine probabilities summed per route), with fine-label agreement beside."""
+    report = parity(reference @ to_routes, candidate @ to_routes)
+    report["label_agreement"] = parity(reference, candidate)["agreement"]
+    return {k: round(v, 6) if isinstance(v, float) else v for k, v in report.items()}
