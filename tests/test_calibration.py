@@ -62,3 +62,14 @@ def test_auroc_and_risk_coverage():
     assert oos_auroc(probs, y, 2) == 1.0
     curve = risk_coverage(probs, y, points=4)
     assert [p["coverage"] for p in curve] == [0.25, 0.5, 0.75, 1.0] and curve[0]["risk"] == 0.0
+
+
+def test_expected_accuracy_weighs_out_of_scope_by_the_stated_share():
+    # In-scope rows are confident; out-of-scope rows sit at 0.6: a threshold above 0.6 catches them
+    # all at no in-scope cost, so any share > 0 picks it; with share 0 nothing is worth abstaining.
+    y = np.array([0] * 90 + [2] * 10)
+    probs = np.zeros((100, 3))
+    probs[:90, 0], probs[:90, 1] = 0.95, 0.05
+    probs[90:, 0], probs[90:, 1] = 0.6, 0.4
+    assert choose_threshold(probs, y, 2, "expected_accuracy", 0.2).threshold == 0.95
+    assert choose_threshold(probs, y, 2, "expected_accuracy", 0.0).threshold == 0.0
