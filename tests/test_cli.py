@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -48,9 +49,10 @@ def test_route_prints_one_json_line(capsys, tfidf_folder):
     assert result["route"] == "banking" and len(result["top_k"]) == 2
 
 
-def test_route_default_router_folder_is_router_in_cwd(capsys, tfidf_folder, monkeypatch):
-    assert tfidf_folder.name == "router"
-    monkeypatch.chdir(tfidf_folder.parent)
+def test_route_default_router_folder_is_where_dvc_repro_puts_it(capsys, tfidf_folder, monkeypatch, tmp_path):
+    (tmp_path / "data").mkdir()
+    shutil.copytree(tfidf_folder, tmp_path / "data" / "router")
+    monkeypatch.chdir(tmp_path)
     assert main(["route", "my flight"]) == 0
     assert json.loads(capsys.readouterr().out)["route"] == "travel"
 

@@ -33,6 +33,13 @@ def encoder_folder(trained: Trained, model_folder: Path) -> str:
     return str(model_folder / "body") if trained.model.family == "setfit" else trained.model.encoder.resolve()
 
 
+def max_length(trained: Trained) -> int:
+    """Token truncation the model was trained with: SetFit fine-tunes at its own length."""
+    if trained.model.family == "setfit":
+        return trained.model.max_seq_length
+    return trained.model.encoder.max_length
+
+
 def export_model(trained: Trained, model_folder: Path, temperature: float, out: Path, keep_fp32: bool = False) -> dict:
     """Write the model files into `out`; return router.json's `kind` and `files`."""
     if trained.model.family == "tfidf":
@@ -41,7 +48,7 @@ def export_model(trained: Trained, model_folder: Path, temperature: float, out: 
         return {"kind": "tfidf", "files": files}
     coef, intercept = trained.model.weights
     files = build_onnx_router(encoder_folder(trained, model_folder), coef, intercept, temperature, out,
-                              max_length=trained.model.encoder.max_length, keep_fp32=keep_fp32)
+                              max_length=max_length(trained), keep_fp32=keep_fp32)
     return {"kind": "onnx", "files": files}
 
 
@@ -60,7 +67,7 @@ def router_info(trained: Trained, taxonomy: Taxonomy, calibration: dict, exporte
         "temperature": calibration["temperature"],
         "abstain": {"threshold": calibration["threshold"], "margin": calibration["margin"],
                     "chosen_on": calibration["chosen_on"]},
-        "max_length": encoder.max_length if encoder is not None else None,
+        "max_length": max_length(trained) if encoder is not None else None,
         "preprocess_version": PREPROCESS_VERSION,
         "encoder": None if encoder is None else {"name": encoder.name, "source": encoder.source,
                                                 "fine_tuned": trained.model.family == "setfit"},
@@ -81,7 +88,7 @@ def fp32_probs(trained: Trained, model_folder: Path, temperature: float, texts: 
     with tempfile.TemporaryDirectory() as scratch:
         coef, intercept = trained.model.weights
         build_onnx_router(encoder_folder(trained, model_folder), coef, intercept, temperature, scratch,
-                          max_length=trained.model.encoder.max_length, quantize=False)
+                          max_length=max_length(trained), quantize=False)
         return onnx_probs(scratch, texts)
 
 
