@@ -53,6 +53,7 @@ def workspace(tmp_path_factory):
     params["model"] = "tiny"
     params["encoders"]["tiny"] = {"modality": "text", "source": str(build_tiny_encoder(work / ".enc")), "max_length": 32}
     params["report"]["latency_queries"] = 20
+    params["train_setfit"] |= {"max_steps": 4, "batch_size": 4, "max_seq_length": 16, "embed_batch_size": 16}
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], work)
     run(["dvc", "init", "-q"], work)
@@ -61,12 +62,17 @@ def workspace(tmp_path_factory):
 
 def test_repro_trains_checks_reports_then_runs_nothing(workspace):
     first = run(["dvc", "repro"], workspace)
-    for stage in ("checkdata", "train_baseline", "calibrate", "report"):
+    for stage in ("checkdata", "train_baseline", "train_setfit", "calibrate", "learning_curve", "export_onnx",
+                  "report"):
         assert f"Running stage '{stage}'" in first.stdout
     metrics = json.loads((workspace / "report" / "metrics.json").read_text())["holdout"]
-    assert set(metrics) >= {"tfidf", "embed", "embed_routes"}
+    assert set(metrics) >= {"tfidf", "embed", "embed_routes", "setfit", "router"}
+    router = json.loads((workspace / "data" / "router" / "router.json").read_text())
+    assert router["kind"] == "onnx" and router["reject_route"] == "oos" and router["hashes"]["taxonomy"]
+    assert json.loads((workspace / "report" / "export.json").read_text())["int8"]["agreement"] >= 0.995
     assert metrics["tfidf"]["in_scope_accuracy"] > 0.8  # keyword data: TF-IDF should nail it
-    for name in ("confusion.png", "reliability.png", "risk_coverage.png", "accuracy_vs_latency.png"):
+    for name in ("confusion.png", "reliability.png", "risk_coverage.png", "accuracy_vs_latency.png",
+                 "learning_curve.png"):
         assert (workspace / "report" / "figures" / name).stat().st_size > 1000
     dag = run(["dvc", "dag", "--dot"], workspace).stdout
     for edge in ('"checkdata" -> "train_baseline"', '"train_baseline" -> "calibrate"', '"calibrate" -> "report"'):
