@@ -11,7 +11,7 @@ import torch
 
 from routelet import encoders
 from routelet.encoders import EncoderSpec
-from routelet.setfit_model import SetfitModel, hard_negative_pool, sample_batches
+from routelet.setfit_model import SetfitModel, hard_negative_pool, sample_batches, use_bf16
 
 TOPICS = {
     "weather": "rain sun cloud forecast snow wind storm",
@@ -68,7 +68,7 @@ def embedding_cache_in_tmp(tmp_path, monkeypatch):
 
 
 def fit(spec: EncoderSpec, **overrides) -> SetfitModel:
-    params = dict(max_steps=6, batch_size=4, learning_rate=1e-3, hard_negative_k=3, seed=0, progress=False)
+    params = dict(max_steps=6, batch_size=4, learning_rate=1e-3, hard_negative_k=3, precision="fp32", seed=0, progress=False)
     texts, labels = synthetic(seed=1)
     return SetfitModel(spec, **(params | overrides)).fit(texts, labels)
 
@@ -105,11 +105,18 @@ def test_save_load_round_trip(tiny_encoder, tmp_path):
     np.testing.assert_allclose(loaded.logits(texts), model.logits(texts), rtol=0, atol=1e-6)
 
 
-def test_same_seed_same_model(tiny_encoder):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_same_seed_same_model(tiny_encoder, precision):
     texts, _ = synthetic(seed=4, per_label=3)
-    first, second = fit(tiny_encoder).logits(texts), fit(tiny_encoder).logits(texts)
+    first = fit(tiny_encoder, precision=precision).logits(texts)
+    second = fit(tiny_encoder, precision=precision).logits(texts)
     np.testing.assert_allclose(first, second, rtol=0, atol=1e-6)
-    assert not np.allclose(first, fit(tiny_encoder, seed=1).logits(texts), atol=1e-6)
+    assert not np.allclose(first, fit(tiny_encoder, precision=precision, seed=1).logits(texts), atol=1e-6)
+
+
+def test_unknown_precision_is_named():
+    with pytest.raises(ValueError, match="precision is 'fp16'"):
+        use_bf16("fp16")
 
 
 def test_fine_tune_moves_the_body_and_frozen_layers_stay(tiny_encoder):

@@ -48,6 +48,7 @@ HYPERPARAMS = (
     "scale",
     "max_seq_length",
     "train_layers",
+    "precision",
     "C",
     "embed_batch_size",
     "seed",
@@ -129,6 +130,17 @@ def hard_negative_pool(embeddings: np.ndarray, labels: list[str], k: int, chunk:
         top = np.argpartition(-sims, k - 1, axis=1)[:, :k] if k > 0 else np.zeros((len(sims), 0), int)
         pool += [row[np.isfinite(s[row])] for row, s in zip(top, sims)]
     return pool
+
+
+def use_bf16(precision: str) -> bool:
+    """bf16 autocast for the fine-tune where the CPU has native bf16 (AVX512-BF16, AMX): about
+    three times faster there, emulated and slower elsewhere. Embeddings for the head, and
+    inference, stay float32."""
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"train_setfit.precision is {precision!r}: use auto, fp32 or bf16")
+    if precision == "auto":
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return precision == "bf16"
 
 
 class _LayerCache:
@@ -218,6 +230,7 @@ class SetfitModel:
         scale: float = 20.0,
         max_seq_length: int = 32,
         train_layers: int | None = None,
+        precision: str = "auto",
         C: float = 10.0,
         embed_batch_size: int = 128,
         seed: int = 0,
@@ -227,6 +240,7 @@ class SetfitModel:
         self.max_steps, self.batch_size, self.learning_rate = max_steps, batch_size, learning_rate
         self.warmup_ratio, self.hard_negatives, self.hard_negative_k = warmup_ratio, hard_negatives, hard_negative_k
         self.scale, self.max_seq_length, self.train_layers = scale, max_seq_length, train_layers
+        self.precision = precision
         self.C, self.embed_batch_size, self.seed, self.progress = C, embed_batch_size, seed, progress
 
     @property
@@ -238,6 +252,7 @@ class SetfitModel:
     def fit(self, texts: list[str], labels: list[str]) -> SetfitModel:
         texts = [preprocess(t) for t in texts]
         labels = [str(label) for label in labels]
+        self.bf16_ = use_bf16(self.precision)
         seed_everything(self.seed)
         body = load_sentence_encoder(self.encoder)
         body.max_seq_length = self.max_seq_length
@@ -302,11 +317,12 @@ class SetfitModel:
             anchors, positives, negatives = (list(column) for column in zip(*batch))
             candidates = positives + [n for n in negatives if n >= 0]
             rows = anchors + candidates
-            if cache is not None:
-                embeddings = cache.embed([texts[i] for i in rows])
-            else:
-                embeddings = body(body.preprocess([texts[i] for i in rows]))["sentence_embedding"]
-            embeddings = torch.nn.functional.normalize(embeddings, dim=-1)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16_):
+                if cache is not None:
+                    embeddings = cache.embed([texts[i] for i in rows])
+                else:
+                    embeddings = body(body.preprocess([texts[i] for i in rows]))["sentence_embedding"]
+            embeddings = torch.nn.functional.normalize(embeddings.float(), dim=-1)
             a, c = embeddings[: len(anchors)], embeddings[len(anchors) :]
             scores = self.scale * a @ c.T
             # A candidate sharing the anchor's label is no negative: mask it (its own positive,
