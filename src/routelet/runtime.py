@@ -142,6 +142,9 @@ class _OnnxModel:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 3
+        # onnxruntime's own pool spins while idle (OMP_WAIT_POLICY does not reach it): on a small
+        # machine that steals the core the next request needs (measured: 2 threads 6.4 -> 2.6 ms p50).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(
                 str(model_path), options, providers=["CPUExecutionProvider"]
