@@ -68,7 +68,10 @@ def embedding_cache_in_tmp(tmp_path, monkeypatch):
 
 
 def fit(spec: EncoderSpec, **overrides) -> SetfitModel:
-    params = dict(max_steps=6, batch_size=4, learning_rate=1e-3, hard_negative_k=3, precision="fp32", seed=0, progress=False)
+    params = dict(
+        max_steps=6, batch_size=4, learning_rate=1e-3, hard_negatives=True, hard_negative_k=3, train_layers=None,
+        precision="fp32", seed=0, progress=False,
+    )
     texts, labels = synthetic(seed=1)
     return SetfitModel(spec, **(params | overrides)).fit(texts, labels)
 
