@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -43,3 +45,20 @@ def test_embed_fine_and_route_levels(tmp_path, data, monkeypatch):
 def test_softmax_temperature_flattens():
     logits = np.array([[2.0, 0.0]])
     assert softmax(logits, 4.0)[0, 0] < softmax(logits, 1.0)[0, 0]
+
+
+def test_tfidf_file_is_the_same_whatever_the_hash_seed(tmp_path):
+    """DVC hashes the saved model: the same data must give the same bytes in every process."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; sys.path.insert(0, 'tests'); from routers import synthetic_dataset; "
+        "from routelet.models import TfidfModel; t, l = synthetic_dataset(10, 0); "
+        "TfidfModel(C=1.0).fit(t, l).save(sys.argv[1])"
+    )
+    for seed in ("1", "2"):
+        subprocess.run([sys.executable, "-c", script, str(tmp_path / seed)], check=True,
+                       env=os.environ | {"PYTHONHASHSEED": seed}, cwd=Path(__file__).resolve().parents[1])
+    assert (tmp_path / "1" / "model.pkl").read_bytes() == (tmp_path / "2" / "model.pkl").read_bytes()

@@ -51,6 +51,11 @@ class TfidfModel:
             )
         self.pipeline_ = Pipeline([("features", FeatureUnion(parts)), ("clf", _head(self.C, self.seed))])
         self.pipeline_.fit([preprocess(t) for t in texts], labels)
+        for _, vectorizer in self.pipeline_.named_steps["features"].transformer_list:
+            # A set pickled in hash-seed order and a memory address (a warning cache): dropped, as
+            # sklearn allows, so the same data gives the same file and DVC the same hash.
+            vectorizer.stop_words_ = None
+            vars(vectorizer).pop("_stop_words_id", None)
         self.labels_ = [str(label) for label in self.pipeline_.classes_]
         return self
 
