@@ -52,7 +52,8 @@ def test_http_bench(tfidf_folder, tmp_path, loadgen):
     http = bench.http_bench(tfidf_folder, TEXTS, [1, 4], requests=60, loadgen=loadgen, scratch=tmp_path, warmup=10)
     assert [r["concurrency"] for r in http["runs"]] == [1, 4]
     for run in http["runs"]:
-        assert run["requests"] == 60 and run["completed"] >= 60 and run["errors"] == 0
+        # wrk stops after 60 responses, but requests already in flight on other connections land too.
+        assert 60 <= run["requests"] <= 60 + run["concurrency"] and run["completed"] >= 60 and run["errors"] == 0
         assert run["requests_per_s"] > 0
         assert_ordered(run)
     assert http["server_peak_rss_mb"] > 0 and loadgen in http["loadgen"]
