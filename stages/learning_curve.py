@@ -2,7 +2,8 @@
 
     python -m stages.learning_curve
 
-Reads params `learning_curve.*`, `seed`, `model`, `encoders`, `train_baseline`; data/prepared.
+Reads params `learning_curve.*`, `seed`, `model`, `encoders`, `train_tfidf`, `train_embed`;
+data/prepared.
 Writes report/plots/learning_curve/<family>.json (a DVC plot, one series per family) and a figure.
 """
 
@@ -21,13 +22,12 @@ from routelet.plots import curves_figure
 
 def main() -> None:
     params = load_params()
-    config, seed, baseline = params["learning_curve"], params["seed"], params["train_baseline"]
+    config, seed, tfidf, embed = (params[key] for key in ("learning_curve", "seed", "train_tfidf", "train_embed"))
     prepared = load_prepared("data/prepared")
     encoder = EncoderSpec.from_registry(params["model"], params["encoders"])
     makers = {
-        "tfidf": lambda: TfidfModel(baseline["tfidf"]["word_ngrams"], baseline["tfidf"]["char_ngrams"],
-                                    baseline["tfidf"]["C"], seed),
-        "embed": lambda: EmbedModel(encoder, baseline["embed"]["C"], seed, baseline["embed"]["batch_size"]),
+        "tfidf": lambda: TfidfModel(tfidf["word_ngrams"], tfidf["char_ngrams"], tfidf["C"], seed),
+        "embed": lambda: EmbedModel(encoder, embed["C"], seed, embed["batch_size"]),
     }
     sizes = [None if size == "all" else int(size) for size in config["per_label"]]
     points = []

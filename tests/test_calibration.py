@@ -73,3 +73,20 @@ def test_expected_accuracy_weighs_out_of_scope_by_the_stated_share():
     probs[90:, 0], probs[90:, 1] = 0.6, 0.4
     assert choose_threshold(probs, y, 2, "expected_accuracy", 0.2).threshold == 0.95
     assert choose_threshold(probs, y, 2, "expected_accuracy", 0.0).threshold == 0.0
+
+
+def test_in_scope_accuracy_target_takes_the_largest_threshold_that_keeps_it():
+    # In-scope rows: 80 right at 0.9, 10 right at 0.7, 10 wrong at 0.6; out-of-scope rows at 0.65.
+    y = np.array([0] * 100 + [2] * 20)
+    probs = np.zeros((120, 3))
+    top = np.array([0.9] * 80 + [0.7] * 10 + [0.6] * 10 + [0.65] * 20)
+    predicted = np.array([0] * 90 + [1] * 10 + [0] * 20)
+    probs[np.arange(120), predicted] = top
+    probs[np.arange(120), 1 - predicted] = 1 - top
+    # Keeping 0.9 in-scope accuracy allows a gate just above 0.65 (all out-of-scope rows out, and
+    # nothing higher is worth its cost); keeping 0.95 allows no gate: the wrong rows count already.
+    policy = choose_threshold(probs, y, 2, "in_scope_accuracy", 0.9)
+    assert policy.threshold == np.nextafter(0.65, 1)
+    assert decisions(probs, y, 2, policy) == {"in_scope_accuracy": 0.9, "oos_recall": 1.0, "coverage": 90 / 120,
+                                              "accepted_precision": 1.0}
+    assert choose_threshold(probs, y, 2, "in_scope_accuracy", 0.95).threshold == 0.0

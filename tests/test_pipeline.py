@@ -16,12 +16,15 @@ from routers import ROUTES, synthetic_dataset
 from tiny_encoder import build_tiny_encoder
 
 ROOT = Path(__file__).resolve().parents[1]
+GIT_IDENTITY = {f"GIT_{who}_{what}": value for who in ("AUTHOR", "COMMITTER")
+                for what, value in (("NAME", "routelet tests"), ("EMAIL", "tests@routelet.invalid"))}
+EMBEDDING_STAGES = ("train_embed", "train_setfit", "calibrate", "learning_curve", "export_onnx", "report")
 pytestmark = pytest.mark.slow
 
 
 def run(args, cwd, check=True):
     env = os.environ | {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-                        "ROUTELET_CACHE": str(Path(cwd) / ".cache"), "OMP_WAIT_POLICY": "PASSIVE"}
+                        "ROUTELET_CACHE": str(Path(cwd) / ".cache"), "OMP_WAIT_POLICY": "PASSIVE"} | GIT_IDENTITY
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
     if check and result.returncode != 0:
         raise AssertionError(f"{args} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
@@ -51,7 +54,9 @@ def workspace(tmp_path_factory):
     params = yaml.safe_load((work / "params.yaml").read_text())
     params["data"]["dir"] = "data/tiny"
     params["model"] = "tiny"
-    params["encoders"]["tiny"] = {"modality": "text", "source": str(build_tiny_encoder(work / ".enc")), "max_length": 32}
+    for name, seed in (("tiny", 0), ("tiny2", 1)):  # two encoders to switch between with -S model=...
+        source = str(build_tiny_encoder(work / ".enc" / name, seed=seed))
+        params["encoders"][name] = {"modality": "text", "source": source, "max_length": 32}
     params["report"]["latency_queries"] = 20
     params["train_setfit"] |= {"max_steps": 4, "batch_size": 4, "max_seq_length": 16, "embed_batch_size": 16}
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -62,8 +67,7 @@ def workspace(tmp_path_factory):
 
 def test_repro_trains_checks_reports_then_runs_nothing(workspace):
     first = run(["dvc", "repro"], workspace)
-    for stage in ("checkdata", "train_baseline", "train_setfit", "calibrate", "learning_curve", "export_onnx",
-                  "report"):
+    for stage in ("checkdata", "train_tfidf") + EMBEDDING_STAGES:
         assert f"Running stage '{stage}'" in first.stdout
     metrics = json.loads((workspace / "report" / "metrics.json").read_text())["holdout"]
     assert set(metrics) >= {"tfidf", "embed", "embed_routes", "setfit", "router"}
@@ -75,13 +79,34 @@ def test_repro_trains_checks_reports_then_runs_nothing(workspace):
                  "learning_curve.png"):
         assert (workspace / "report" / "figures" / name).stat().st_size > 1000
     dag = run(["dvc", "dag", "--dot"], workspace).stdout
-    for edge in ('"checkdata" -> "train_baseline"', '"train_baseline" -> "calibrate"', '"calibrate" -> "report"'):
+    for edge in ('"checkdata" -> "train_tfidf"', '"checkdata" -> "train_embed"', '"train_tfidf" -> "calibrate"',
+                 '"train_embed" -> "calibrate"', '"calibrate" -> "report"'):
         assert edge in dag
 
     second = run(["dvc", "repro"], workspace)
     assert "Running stage" not in second.stdout
     shown = run(["dvc", "metrics", "show", "--json"], workspace).stdout
     assert "in_scope_accuracy" in shown
+
+
+def test_experiments_rerun_only_what_the_encoder_touches(workspace):
+    (workspace / ".gitignore").write_text(".cache/\n.enc/\n")
+    run(["git", "add", "-A"], workspace)
+    run(["git", "commit", "-q", "-m", "pipeline"], workspace)
+    same = run(["dvc", "exp", "run", "-S", "model=tiny"], workspace)
+    assert "Running stage" not in same.stdout
+
+    other = run(["dvc", "exp", "run", "-n", "tiny2", "-S", "model=tiny2"], workspace)
+    ran = {line.split("'")[1] for line in other.stdout.splitlines() if line.startswith("Running stage")}
+    assert ran == set(EMBEDDING_STAGES)  # checkdata and train_tfidf do not use the encoder
+
+    experiments = json.loads(run(["dvc", "exp", "show", "--json"], workspace).stdout)
+    names = [e["name"] for baseline in experiments for e in (baseline.get("experiments") or [])
+             for e in [e["revs"][0]] if e.get("name")]
+    assert "tiny2" in names
+    # The workspace holds the experiment's results: `dvc metrics diff` compares it with HEAD.
+    diff = json.loads(run(["dvc", "metrics", "diff", "--json"], workspace).stdout)["diff"]["report/metrics.json"]
+    assert "holdout.embed.accuracy" in diff and "holdout.tfidf.accuracy" not in diff
 
 
 def test_bad_rows_are_named_quarantined_and_fail_the_run(workspace):

@@ -3,10 +3,12 @@ health and model endpoints, and refusing to start on a broken folder or a public
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ from fastapi.testclient import TestClient
 from routers import onnx_folder, tfidf_folder  # noqa: F401  (fixtures)
 
 from routelet.runtime import Router, RouterError
-from routelet.server import Limits, ServeError, create_app, is_loopback, serve
+from routelet.server import Limits, MicroBatcher, ServeError, create_app, is_loopback, serve
 
 SCRIPT = str(Path(sys.executable).parent / "routelet")
 KEY = "test-key-123"
@@ -167,3 +169,47 @@ def test_cli_serve_refuses_to_start(tfidf_folder, args, message):
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 2
     assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def run_batcher(route, requests: list[tuple[list[str], int]], release: threading.Event, max_texts: int = 4):
+    """Send `requests` to a one-worker MicroBatcher while its first call is held until all are queued."""
+    async def main():
+        batcher = MicroBatcher(route, workers=1, max_texts=max_texts)
+        tasks = [asyncio.create_task(batcher.route(texts, k)) for texts, k in requests]
+        await asyncio.sleep(0.05)
+        release.set()
+        return await asyncio.gather(*tasks, return_exceptions=True)
+    return asyncio.run(main())
+
+
+def test_micro_batcher_coalesces_requests_that_wait(router):
+    calls, release = [], threading.Event()
+
+    def route(texts, top_k):
+        calls.append((len(texts), top_k))
+        release.wait(5)
+        return router.route(texts, top_k)
+
+    requests = [(["my balance"], 1), (["a flight"], 2), (["send money", "joke"], 3), (["airport"], 1),
+                (["funds"], 2), ([], 3)]
+    results = run_batcher(route, requests, release)
+    # The first runs alone; the next three (4 texts, the cap) go as one batch, then the last text.
+    assert calls == [(1, 1), (4, 3), (1, 2)]
+    assert results == [router.route(texts, k) for texts, k in requests]
+
+
+def test_micro_batcher_failure_reaches_every_waiting_request_and_it_keeps_serving(router):
+    release, failed = threading.Event(), []
+
+    def route(texts, top_k):
+        release.wait(5)
+        if "boom" in texts and not failed:
+            failed.append(texts)
+            raise RuntimeError("inference failed")
+        return router.route(texts, top_k)
+
+    results = run_batcher(route, [(["balance"], 1), (["boom"], 1), (["flight"], 1), (["airport"], 1)], release)
+    assert results[0] == router.route(["balance"], 1)
+    assert all(isinstance(r, RuntimeError) for r in results[1:])
+    assert failed == [["boom", "flight", "airport"]]
+    assert run_batcher(route, [(["boom"], 1)], threading.Event())[0][0]["route"] == "oos"

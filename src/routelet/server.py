@@ -6,19 +6,23 @@ Endpoints: POST /v1/route ({"text"} or {"texts"}, optional "top_k"), GET /v1/mod
 GET /healthz, GET / (playground page), /docs (OpenAPI). `create_app(router)` builds the app for
 tests and embedding. Requests are checked before any inference: an outer ASGI guard enforces the
 API key and the body size (413), the request model enforces the batch size, text length and
-field types (422 with the field, e.g. `texts[3]: text is empty`). Inference runs in worker threads.
+field types (422 with the field, e.g. `texts[3]: text is empty`). Inference runs in worker threads,
+one per core; requests that arrive while they are busy are coalesced into one batch (`MicroBatcher`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 import os
+from collections import deque
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
+import anyio.to_thread
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import APIKeyHeader
@@ -208,7 +212,7 @@ def create_app(router: Router, api_key: str | None = None, limits: Limits = Limi
     RouteRequest = request_model(limits)
     page = playground_html()
     health = {"status": "ok", "model_version": router.model_version}
-    inference_slots: dict[str, Any] = {}
+    batcher = MicroBatcher(router.route, workers=os.cpu_count() or 1, max_texts=limits.max_batch)
 
     app = FastAPI(
         title="routelet",
@@ -253,7 +257,7 @@ def create_app(router: Router, api_key: str | None = None, limits: Limits = Limi
         except ValidationError as exc:
             return _error(422, _validation_reasons(exc))
         texts = [body.text] if body.texts is None else body.texts
-        results = await _in_thread(inference_slots, router.route, texts, body.top_k)
+        results = await batcher.route(texts, body.top_k)
         # The runtime already returns the documented shape: no second validation pass.
         return JSONResponse(results[0] if body.texts is None else {"results": results})
 
@@ -261,13 +265,55 @@ def create_app(router: Router, api_key: str | None = None, limits: Limits = Limi
     return app
 
 
-async def _in_thread(slots: dict, fn, *args):
-    """Run CPU-bound inference in a worker thread, at most one per CPU core at a time."""
-    import anyio.to_thread
+class MicroBatcher:
+    """Runs `route(texts, top_k)` in at most `workers` threads; requests that arrive while every
+    worker is busy wait in a queue, and a worker that frees up takes all of them (up to
+    `max_texts` texts) as one batch. One padded batch costs far less than its texts one by one,
+    so under load the queue drains faster instead of growing: the p99 at concurrency 8 is what
+    this buys. An idle server still runs each request at once, alone."""
 
-    if "limiter" not in slots:  # created lazily: it must belong to the running event loop
-        slots["limiter"] = anyio.CapacityLimiter(os.cpu_count() or 1)
-    return await anyio.to_thread.run_sync(fn, *args, limiter=slots["limiter"])
+    def __init__(self, route, workers: int, max_texts: int):
+        self._route, self.workers, self.max_texts = route, workers, max_texts
+        self._pending: deque[tuple[list[str], int, asyncio.Future]] = deque()
+        self._busy = 0
+
+    async def route(self, texts: list[str], top_k: int) -> list[dict]:
+        if not texts:
+            return []
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append((texts, top_k, future))
+        self._dispatch()
+        return await future
+
+    def _dispatch(self) -> None:
+        while self._pending and self._busy < self.workers:
+            batch = [self._pending.popleft()]
+            size = len(batch[0][0])
+            while self._pending and size + len(self._pending[0][0]) <= self.max_texts:
+                batch.append(self._pending.popleft())
+                size += len(batch[-1][0])
+            self._busy += 1
+            asyncio.get_running_loop().create_task(self._run(batch))
+
+    async def _run(self, batch: list[tuple[list[str], int, asyncio.Future]]) -> None:
+        texts = [text for request_texts, _, _ in batch for text in request_texts]
+        try:
+            # The widest top_k of the batch, cut back per request below.
+            results = await anyio.to_thread.run_sync(self._route, texts, max(k for _, k, _ in batch))
+        except Exception as exc:
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+        else:
+            start = 0
+            for request_texts, top_k, future in batch:
+                mine = results[start : start + len(request_texts)]
+                start += len(request_texts)
+                if not future.done():  # the client may have gone away
+                    future.set_result([{**r, "top_k": r["top_k"][:top_k]} for r in mine])
+        finally:
+            self._busy -= 1
+            self._dispatch()
 
 
 def is_loopback(host: str) -> bool:
