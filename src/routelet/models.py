@@ -29,8 +29,33 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def _head(C: float, seed: int) -> LogisticRegression:
+def new_head(C: float, seed: int) -> LogisticRegression:
     return LogisticRegression(C=C, max_iter=2000, random_state=seed)
+
+
+def head_weights(head: LogisticRegression) -> tuple[np.ndarray, np.ndarray]:
+    """(coef (n_labels, dim), intercept (n_labels,)) as float32: the head as export wants it."""
+    return head.coef_.astype(np.float32), head.intercept_.astype(np.float32)
+
+
+def save_head(folder: Path, head: LogisticRegression, meta: dict) -> None:
+    """head.npz (the weights) and model.json (`meta` plus the labels) of an encoder + LR model."""
+    coef, intercept = head_weights(head)
+    np.savez(folder / "head.npz", coef=coef, intercept=intercept)
+    meta = {"family": meta["family"], "labels": [str(c) for c in head.classes_], **meta}
+    (folder / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def load_head(folder: Path, family: str) -> tuple[dict, LogisticRegression]:
+    """model.json and the head saved by `save_head`, checking the folder holds `family`."""
+    meta = json.loads((folder / "model.json").read_text())
+    if meta.get("family") != family:
+        raise ValueError(f"{folder / 'model.json'}: family is {meta.get('family')!r}, not {family!r}")
+    weights = np.load(folder / "head.npz")
+    head = LogisticRegression()
+    head.classes_ = np.array(meta["labels"])
+    head.coef_, head.intercept_ = weights["coef"], weights["intercept"]
+    return meta, head
 
 
 class TfidfModel:
@@ -49,7 +74,7 @@ class TfidfModel:
             parts.append(
                 ("char", TfidfVectorizer(analyzer="char_wb", ngram_range=tuple(self.char_ngrams), sublinear_tf=True, lowercase=False))
             )
-        self.pipeline_ = Pipeline([("features", FeatureUnion(parts)), ("clf", _head(self.C, self.seed))])
+        self.pipeline_ = Pipeline([("features", FeatureUnion(parts)), ("clf", new_head(self.C, self.seed))])
         self.pipeline_.fit([preprocess(t) for t in texts], labels)
         for _, vectorizer in self.pipeline_.named_steps["features"].transformer_list:
             # A set pickled in hash-seed order and a memory address (a warning cache): dropped, as
@@ -91,7 +116,7 @@ class EmbedModel:
         return self._cache.encoder.encode([preprocess(t) for t in texts], convert_to_numpy=True)
 
     def fit(self, texts: list[str], labels: list[str]) -> EmbedModel:
-        self.head_ = _head(self.C, self.seed).fit(self.embed(texts), labels)
+        self.head_ = new_head(self.C, self.seed).fit(self.embed(texts), labels)
         self.labels_ = [str(label) for label in self.head_.classes_]
         return self
 
@@ -100,32 +125,18 @@ class EmbedModel:
 
     @property
     def weights(self) -> tuple[np.ndarray, np.ndarray]:
-        """(coef (n_labels, dim), intercept (n_labels,)): the head as export wants it."""
-        return self.head_.coef_.astype(np.float32), self.head_.intercept_.astype(np.float32)
+        return head_weights(self.head_)
 
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        coef, intercept = self.weights
-        np.savez(folder / "head.npz", coef=coef, intercept=intercept)
-        meta = {
-            "family": self.family,
-            "labels": self.labels_,
-            "encoder": self.encoder.__dict__,
-            "C": self.C,
-            "seed": self.seed,
-            "batch_size": self.batch_size,
-        }
-        (folder / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+        meta = {"family": self.family, "encoder": self.encoder.__dict__, "C": self.C, "seed": self.seed,
+                "batch_size": self.batch_size}
+        save_head(folder, self.head_, meta)
 
     @classmethod
     def load(cls, folder: str | Path) -> EmbedModel:
-        folder = Path(folder)
-        meta = json.loads((folder / "model.json").read_text())
+        meta, head = load_head(Path(folder), cls.family)
         model = cls(EncoderSpec(**meta["encoder"]), C=meta["C"], seed=meta["seed"], batch_size=meta["batch_size"])
-        head = np.load(folder / "head.npz")
-        model.head_ = _head(model.C, model.seed)
-        model.head_.classes_ = np.array(meta["labels"])
-        model.head_.coef_, model.head_.intercept_ = head["coef"], head["intercept"]
-        model.labels_ = meta["labels"]
+        model.head_, model.labels_ = head, meta["labels"]
         return model

@@ -25,18 +25,17 @@ cache holds (tokens x dim) floats per training text: about 250 MB for CLINC150's
 
 from __future__ import annotations
 
-import json
 import random
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
 from tqdm.auto import tqdm
 
 from routelet import encoders
 from routelet.encoders import EmbeddingCache, EncoderSpec, load_sentence_encoder
+from routelet.models import head_weights, load_head, new_head, save_head
 from routelet.preprocess import preprocess
 
 HYPERPARAMS = (
@@ -275,7 +274,7 @@ class SetfitModel:
 
         body.eval()
         train_embeddings = self._embed(body, texts, cache)
-        self.head_ = LogisticRegression(C=self.C, max_iter=2000, random_state=self.seed).fit(train_embeddings, labels)
+        self.head_ = new_head(self.C, self.seed).fit(train_embeddings, labels)
         self.labels_ = [str(label) for label in self.head_.classes_]
         self.body_ = body
         return self
@@ -368,8 +367,7 @@ class SetfitModel:
 
     @property
     def weights(self) -> tuple[np.ndarray, np.ndarray]:
-        """(coef (n_labels, dim), intercept (n_labels,)): the head as export wants it."""
-        return self.head_.coef_.astype(np.float32), self.head_.intercept_.astype(np.float32)
+        return head_weights(self.head_)
 
     # -- persistence ----------------------------------------------------------------------------
 
@@ -377,31 +375,18 @@ class SetfitModel:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.body_.save(str(folder / "body"))
-        coef, intercept = self.weights
-        np.savez(folder / "head.npz", coef=coef, intercept=intercept)
-        meta = {
-            "family": self.family,
-            "labels": self.labels_,
-            "encoder": self.encoder.__dict__,
-            "hyperparams": self.hyperparams,
-        }
-        (folder / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+        save_head(folder, self.head_, {"family": self.family, "encoder": self.encoder.__dict__,
+                                       "hyperparams": self.hyperparams})
 
     @classmethod
     def load(cls, folder: str | Path) -> SetfitModel:
         from sentence_transformers import SentenceTransformer
 
         folder = Path(folder)
-        meta = json.loads((folder / "model.json").read_text())
-        if meta.get("family") != cls.family:
-            raise ValueError(f"{folder / 'model.json'}: family is {meta.get('family')!r}, not {cls.family!r}")
+        meta, head = load_head(folder, cls.family)
         model = cls(EncoderSpec(**meta["encoder"]), **meta["hyperparams"])
         model.body_ = SentenceTransformer(str(folder / "body"), device="cpu")
         model.body_.max_seq_length = model.max_seq_length
         model.body_.eval()
-        head = np.load(folder / "head.npz")
-        model.head_ = LogisticRegression(C=model.C, max_iter=2000, random_state=model.seed)
-        model.head_.classes_ = np.array(meta["labels"])
-        model.head_.coef_, model.head_.intercept_ = head["coef"], head["intercept"]
-        model.labels_ = meta["labels"]
+        model.head_, model.labels_ = head, meta["labels"]
         return model
