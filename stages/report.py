@@ -10,7 +10,6 @@ Writes report/metrics.json (DVC metrics: one column per family and metric), repo
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from routelet.encoders import EncoderSpec
 from routelet.families import MODELS, load_trained
 from routelet.params import load_params
 from routelet.plots import confusion_figure, scatter_figure
-from routelet.report import evaluate, folder_megabytes, single_query_latency
+from routelet.report import evaluate, file_sha256, folder_megabytes, llm_baselines, single_query_latency
 from routelet.runtime import Router
 
 REPORT, FIGURES, ROUTER = Path("report"), Path("report/figures"), Path("data/router")
@@ -34,15 +33,6 @@ def model_size(trained) -> float:
     if trained.model.family == "embed" and isinstance(encoder, EncoderSpec):
         paths.append(encoder.resolve())
     return folder_megabytes(*paths)
-
-
-def llm_baselines(test_digest: str) -> dict:
-    """Cached LLM baseline scores for this exact holdout; a missing file is not an error."""
-    path = REPORT / "baselines.json"
-    if not path.is_file():
-        return {}
-    entry = json.loads(path.read_text()).get("holdout", {})
-    return entry.get("models", {}) if entry.get("sha256") == test_digest else {}
 
 
 def shipped_router(prepared, calibration: dict, sample: list[str]) -> tuple[dict, dict]:
@@ -82,8 +72,7 @@ def main() -> None:
         print(f"report: {name}: {metrics[name]}")
 
     metrics["router"], details["router"] = shipped_router(prepared, calibration, sample)
-    test_digest = hashlib.sha256(Path("data/prepared/test.jsonl").read_bytes()).hexdigest()
-    for model, scores in llm_baselines(test_digest).items():
+    for model, scores in llm_baselines(REPORT / "baselines.json", file_sha256("data/prepared/test.jsonl")).items():
         metrics[f"llm:{model}"] = scores
     (REPORT / "metrics.json").write_text(json.dumps({"holdout": metrics}, indent=2) + "\n")
     (REPORT / "details.json").write_text(json.dumps({"holdout": details, "routes": names}, indent=2) + "\n")

@@ -41,6 +41,8 @@ def workspace(tmp_path_factory):
     work = tmp_path_factory.mktemp("repo")
     for name in ("dvc.yaml", "params.yaml"):
         shutil.copy(ROOT / name, work / name)
+    (work / "report").mkdir()
+    shutil.copy(ROOT / "report" / "baselines.json", work / "report")  # scored on another holdout: ignored
     for folder in ("stages", "src"):
         shutil.copytree(ROOT / folder, work / folder, ignore=shutil.ignore_patterns("__pycache__"))
     data = work / "data" / "tiny"

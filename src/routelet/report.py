@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import statistics
 import time
 from pathlib import Path
@@ -78,3 +80,28 @@ def folder_megabytes(*paths: str | Path) -> float:
         files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
         total += sum(p.stat().st_size for p in files)
     return round(total / 1e6, 2)
+
+
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def llm_baselines(path: str | Path, holdout_sha256: str) -> dict[str, dict]:
+    """LLM baseline scores cached in `path` for this exact holdout, by model name.
+
+    The file reads {"holdout": {"sha256": <sha-256 of data/prepared/test.jsonl>, "models":
+    {name: {metric: value}}}}. A missing file, or one measured on another holdout, gives {}: a
+    baseline scored on different rows must not sit in the same table.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    try:
+        entry = json.loads(path.read_text())["holdout"]
+        digest, models = entry["sha256"], entry["models"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f'{path}: not a baselines file ({type(exc).__name__}: {exc}); expected '
+                         '{"holdout": {"sha256": ..., "models": {name: {metric: value}}}}') from None
+    if not isinstance(models, dict) or not all(isinstance(m, dict) for m in models.values()):
+        raise ValueError(f"{path}: holdout.models must map each model name to its metrics")
+    return models if digest == holdout_sha256 else {}
