@@ -16,6 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from routelet.data import sha256_file
 from routelet.dataset import load_prepared
 from routelet.families import MODELS, load_trained
 from routelet.params import load_params
@@ -28,7 +29,6 @@ from routelet.ship import (
     route_parity,
     replace_folder,
     router_info,
-    sha256_file,
     trained_probs,
 )
 

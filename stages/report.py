@@ -15,12 +15,13 @@ from pathlib import Path
 
 import torch
 
+from routelet.data import sha256_file
 from routelet.dataset import load_prepared
 from routelet.encoders import EncoderSpec
 from routelet.families import MODELS, load_trained
 from routelet.params import load_params
 from routelet.plots import confusion_figure, scatter_figure
-from routelet.report import evaluate, file_sha256, folder_megabytes, llm_baselines, single_query_latency
+from routelet.report import evaluate, folder_megabytes, llm_baselines, single_query_latency
 from routelet.runtime import Router
 
 REPORT, FIGURES, ROUTER = Path("report"), Path("report/figures"), Path("data/router")
@@ -72,7 +73,7 @@ def main() -> None:
         print(f"report: {name}: {metrics[name]}")
 
     metrics["router"], details["router"] = shipped_router(prepared, calibration, sample)
-    for model, scores in llm_baselines(REPORT / "baselines.json", file_sha256("data/prepared/test.jsonl")).items():
+    for model, scores in llm_baselines(REPORT / "baselines.json", sha256_file("data/prepared/test.jsonl")).items():
         metrics[f"llm:{model}"] = scores
     (REPORT / "metrics.json").write_text(json.dumps({"holdout": metrics}, indent=2) + "\n")
     (REPORT / "details.json").write_text(json.dumps({"holdout": details, "routes": names}, indent=2) + "\n")

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from routelet.report import file_sha256, llm_baselines
+from routelet.data import sha256_file
+from routelet.report import llm_baselines
 
 SCORES = {"claude-haiku": {"accuracy": 0.91, "in_scope_accuracy": 0.95, "oos_recall": 0.7}}
 
@@ -15,8 +16,8 @@ def test_baseline_for_this_holdout_is_read(tmp_path):
     holdout = tmp_path / "test.jsonl"
     holdout.write_text('{"text": "hi", "label": "greeting"}\n')
     path = tmp_path / "baselines.json"
-    path.write_text(json.dumps({"holdout": {"sha256": file_sha256(holdout), "models": SCORES}}))
-    assert llm_baselines(path, file_sha256(holdout)) == SCORES
+    path.write_text(json.dumps({"holdout": {"sha256": sha256_file(holdout), "models": SCORES}}))
+    assert llm_baselines(path, sha256_file(holdout)) == SCORES
 
 
 def test_missing_file_or_another_holdout_gives_nothing(tmp_path):

@@ -6,6 +6,7 @@ naming file, line and reason, which `write_quarantine` keeps (redacted) for the 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -130,3 +131,8 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """Read a JSONL file this pipeline wrote itself (already validated)."""
     with Path(path).open(encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
+
+
+def sha256_file(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes: how router.json and baselines.json name the data they saw."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

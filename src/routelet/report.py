@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import statistics
 import time
@@ -80,10 +79,6 @@ def folder_megabytes(*paths: str | Path) -> float:
         files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
         total += sum(p.stat().st_size for p in files)
     return round(total / 1e6, 2)
-
-
-def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def llm_baselines(path: str | Path, holdout_sha256: str) -> dict[str, dict]:

@@ -268,9 +268,10 @@ def create_app(router: Router, api_key: str | None = None, limits: Limits = Limi
 class MicroBatcher:
     """Runs `route(texts, top_k)` in at most `workers` threads; requests that arrive while every
     worker is busy wait in a queue, and a worker that frees up takes all of them (up to
-    `max_texts` texts) as one batch. One padded batch costs far less than its texts one by one,
-    so under load the queue drains faster instead of growing: the p99 at concurrency 8 is what
-    this buys. An idle server still runs each request at once, alone."""
+    `max_texts` texts) as one batch. One call per batch saves the per-call overhead (thread hop,
+    session call): measured with the MiniLM int8 router, 3.3-3.5 ms per text alone against
+    2.8-3.0 ms in batches of 4 to 8. The model's own compute grows with the tokens, so batching
+    cannot go further than that. An idle server still runs each request at once, alone."""
 
     def __init__(self, route, workers: int, max_texts: int):
         self._route, self.workers, self.max_texts = route, workers, max_texts

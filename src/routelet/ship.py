@@ -7,7 +7,6 @@ router with the trained model on the same texts.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tempfile
@@ -16,16 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
+from routelet.data import sha256_file
 from routelet.export_onnx import build_onnx_router, onnx_probs, parity
 from routelet.export_tfidf import export_tfidf
 from routelet.families import Trained
 from routelet.models import softmax
 from routelet.preprocess import PREPROCESS_VERSION
 from routelet.taxonomy import Taxonomy
-
-
-def sha256_file(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def encoder_folder(trained: Trained, model_folder: Path) -> str:
