@@ -103,8 +103,7 @@ def test_experiments_rerun_only_what_the_encoder_touches(workspace):
     assert ran == set(EMBEDDING_STAGES)  # checkdata and train_tfidf do not use the encoder
 
     experiments = json.loads(run(["dvc", "exp", "show", "--json"], workspace).stdout)
-    names = [e["name"] for baseline in experiments for e in (baseline.get("experiments") or [])
-             for e in [e["revs"][0]] if e.get("name")]
+    names = [exp["revs"][0].get("name") for baseline in experiments for exp in baseline.get("experiments") or []]
     assert "tiny2" in names
     # The workspace holds the experiment's results: `dvc metrics diff` compares it with HEAD.
     diff = json.loads(run(["dvc", "metrics", "diff", "--json"], workspace).stdout)["report/metrics.json"]

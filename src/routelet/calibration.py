@@ -130,13 +130,6 @@ def choose_threshold(probs: np.ndarray, y: np.ndarray, reject: int | None, targe
     - `oos_recall` / `precision`: the smallest threshold whose out-of-scope recall / accuracy on
       accepted rows reaches `value`; the smallest keeps the most in-scope traffic.
     """
-    candidates = np.unique(np.concatenate([[0.0], probs.max(axis=1)]))
-    policies = [Policy(float(t), margin, reject_class) for t in candidates]
-    if target == "expected_accuracy":
-        def expected(policy: Policy) -> float:
-            result = decisions(probs, y, reject, policy)
-            return (1 - value) * result["in_scope_accuracy"] + value * np.nan_to_num(result["oos_recall"])
-        return max(policies, key=expected)  # max keeps the first (smallest) threshold among ties
     if target == "in_scope_accuracy":
         # A gate is worth its in-scope cost only if it turns away one more out-of-scope row, so the
         # candidates sit just above those rows' confidences (not at 1.0 on an easy split).
@@ -147,8 +140,15 @@ def choose_threshold(probs: np.ndarray, y: np.ndarray, reject: int | None, targe
             result = decisions(probs, y, reject, gate)
             if result["in_scope_accuracy"] >= value:
                 meeting.append((np.nan_to_num(result["oos_recall"]), -gate.threshold, gate))
-        # The most out-of-scope recall, then the lowest gate; no gate when even none misses the target.
+        # The most out-of-scope recall, then the lowest gate; no gate when none keeps the target.
         return max(meeting, key=lambda m: m[:2])[2] if meeting else Policy(0.0, margin, reject_class)
+    candidates = np.unique(np.concatenate([[0.0], probs.max(axis=1)]))
+    policies = [Policy(float(t), margin, reject_class) for t in candidates]
+    if target == "expected_accuracy":
+        def expected(policy: Policy) -> float:
+            result = decisions(probs, y, reject, policy)
+            return (1 - value) * result["in_scope_accuracy"] + value * np.nan_to_num(result["oos_recall"])
+        return max(policies, key=expected)  # max keeps the first (smallest) threshold among ties
     key = {"oos_recall": "oos_recall", "precision": "accepted_precision"}[target]
     for policy in policies:
         if decisions(probs, y, reject, policy)[key] >= value:
