@@ -55,3 +55,30 @@ def test_cache_embeds_each_text_once(tiny, tmp_path):
     fresh = EmbeddingCache(spec, root=tmp_path)  # a new process reads the same files
     np.testing.assert_allclose(fresh.embed(["send money"], progress=False), again[1:2], rtol=1e-6)
     assert fresh._encoder is None  # all cached: the encoder was never loaded
+
+
+def test_layers_keeps_the_first_layers(tiny, tmp_path):
+    whole = load_sentence_encoder(EncoderSpec("tiny", str(tiny)))
+    cut = load_sentence_encoder(EncoderSpec("tiny1", str(tiny), layers=1))
+    assert len(cut[0].auto_model.encoder.layer) == 1 and len(whole[0].auto_model.encoder.layer) == 2
+    # The cut model is the whole one stopped after layer 1, pooled and normalised as before.
+    import torch
+
+    features = whole.tokenize(["book a flight"])
+    with torch.no_grad():
+        hidden = whole[0].auto_model(**features, output_hidden_states=True).hidden_states[1]
+    pooled = torch.nn.functional.normalize(hidden.mean(dim=1), dim=-1).numpy()
+    np.testing.assert_allclose(cut.encode(["book a flight"]), pooled, atol=1e-5)
+    # A saved copy reloads cut (SetFit saves its body this way).
+    cut.save(str(tmp_path / "saved"))
+    again = load_sentence_encoder(EncoderSpec("saved", str(tmp_path / "saved")))
+    assert len(again[0].auto_model.encoder.layer) == 1
+    np.testing.assert_allclose(again.encode(["book a flight"]), pooled, atol=1e-5)
+    # Embeddings of another depth are other embeddings: the cache keeps them apart.
+    assert EncoderSpec("tiny", str(tiny), layers=1).key != EncoderSpec("tiny", str(tiny)).key
+
+
+@pytest.mark.parametrize("layers", [0, 3, 1.5])
+def test_layers_out_of_range_names_the_setting(tiny, layers):
+    with pytest.raises(ValueError, match=r"encoders\.tiny\.layers: .* from 1 to 2"):
+        load_sentence_encoder(EncoderSpec("tiny", str(tiny), layers=layers))

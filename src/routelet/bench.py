@@ -214,13 +214,14 @@ def export_fp32(router_folder: Path, models: Path, out: Path) -> Path:
     """The shipped family's encoder + head as an fp32 graph; router.json copied from the shipped one."""
     from routelet.export_onnx import build_onnx_router
     from routelet.families import load_trained
-    from routelet.ship import encoder_folder, max_length
+    from routelet.ship import encoder_folder, encoder_layers, max_length
 
     info = json.loads((router_folder / "router.json").read_text())
     trained = load_trained(info["family"], models / info["family"])
     coef, intercept = trained.model.weights
     files = build_onnx_router(encoder_folder(trained, models / info["family"]), coef, intercept,
-                              info["temperature"], out, max_length=max_length(trained), quantize=False)
+                              info["temperature"], out, max_length=max_length(trained), quantize=False,
+                              layers=encoder_layers(trained))
     info = {**info, "files": files, "model_version": info["model_version"] + "-fp32"}
     (out / "router.json").write_text(json.dumps(info))
     return out
@@ -260,7 +261,7 @@ def running_server(folder: str | Path, threads: int = 1, log: Path | None = None
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
     env.pop("ROUTELET_API_KEY", None)
     with open(log or os.devnull, "wb") as sink:
-        # The access log goes to a file, not a pipe: a full pipe would stall the server.
+        # The server log goes to a file, not a pipe: a full pipe would stall the server.
         process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
         try:
             deadline = time.monotonic() + timeout

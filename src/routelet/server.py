@@ -334,8 +334,12 @@ def serve(
     threads: int = 1,
     limits: Limits = Limits(),
     log_level: str = "info",
+    access_log: bool = False,
 ) -> None:
     """Load the router folder and run uvicorn (one worker) until interrupted.
+
+    access_log logs one line per request. It is off by default: under load at concurrency 8, py-spy
+    showed formatting and writing that line taking about a sixth of the event loop's time.
 
     Raises RouterError for a missing or broken folder and ServeError for a non-loopback host
     without an API key, before binding anything.
@@ -348,4 +352,4 @@ def serve(
     import uvicorn
 
     app = create_app(Router.load(router, threads=threads), api_key=api_key, limits=limits)
-    uvicorn.run(app, host=host, port=port, workers=1, log_level=log_level)
+    uvicorn.run(app, host=host, port=port, workers=1, log_level=log_level, access_log=access_log)

@@ -29,6 +29,11 @@ def encoder_folder(trained: Trained, model_folder: Path) -> str:
     return str(model_folder / "body") if trained.model.family == "setfit" else trained.model.encoder.resolve()
 
 
+def encoder_layers(trained: Trained) -> int | None:
+    """The depth cut a frozen encoder is used at; SetFit saved its body already cut."""
+    return None if trained.model.family == "setfit" else trained.model.encoder.layers
+
+
 def max_length(trained: Trained) -> int:
     """Token truncation the model was trained with: SetFit fine-tunes at its own length."""
     if trained.model.family == "setfit":
@@ -44,7 +49,7 @@ def export_model(trained: Trained, model_folder: Path, temperature: float, out: 
         return {"kind": "tfidf", "files": files}
     coef, intercept = trained.model.weights
     files = build_onnx_router(encoder_folder(trained, model_folder), coef, intercept, temperature, out,
-                              max_length=max_length(trained), keep_fp32=keep_fp32)
+                              max_length=max_length(trained), keep_fp32=keep_fp32, layers=encoder_layers(trained))
     return {"kind": "onnx", "files": files}
 
 
@@ -84,7 +89,7 @@ def fp32_probs(trained: Trained, model_folder: Path, temperature: float, texts: 
     with tempfile.TemporaryDirectory() as scratch:
         coef, intercept = trained.model.weights
         build_onnx_router(encoder_folder(trained, model_folder), coef, intercept, temperature, scratch,
-                          max_length=max_length(trained), quantize=False)
+                          max_length=max_length(trained), quantize=False, layers=encoder_layers(trained))
         return onnx_probs(scratch, texts)
 
 
