@@ -27,6 +27,11 @@ def test_percentiles():
     assert bench.percentiles([])["p50_ms"] is None
 
 
+def test_host_probe_is_a_duration():
+    probe = bench.host_probe_ms(repeats=5)
+    assert isinstance(probe, float) and probe > 0
+
+
 @pytest.mark.parametrize("folder", ["tfidf_folder", "onnx_folder"])
 def test_measure_in_process(folder, request):
     spec = {"kind": "router", "folder": str(request.getfixturevalue(folder))}

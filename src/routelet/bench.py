@@ -21,7 +21,9 @@ one POST /v1/route per request with a single holdout text, cycling. Errors are n
 plus socket errors and timeouts. Peak server RSS is /proc/<pid>/status VmHWM after all runs.
 `server_cpu_ms_per_request` is the server's CPU time per request: with one free core, a closed loop
 of c connections waits about c times that (Little's law), whatever the server's code does.
-Timings depend on the machine's load: the load average is recorded beside them.
+Timings depend on the machine's load and on the host's speed at the time, which varied by a third
+within minutes on the shared 2-vCPU machine this was built on: the load average and a fixed-work
+probe (`host_probe_ms`, one float32 product) are recorded at the start and end beside them.
 """
 
 from __future__ import annotations
@@ -120,6 +122,22 @@ def proc_cpu_seconds(pid: int | str = "self") -> float | None:
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def host_probe_ms(repeats: int = 200) -> float:
+    """Median ms of one fixed float32 product (64 x 384 @ 384 x 1536, one BLAS thread): how fast this
+    host is right now, so runs on different days (or minutes) can be compared beside their latencies."""
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((64, 384), np.float32), rng.standard_normal((384, 1536), np.float32)
+    samples = []
+    with threadpool_limits(1):
+        for _ in range(repeats):
+            start = time.perf_counter()
+            a @ b
+            samples.append(time.perf_counter() - start)
+    return round(float(np.median(samples)) * 1e3, 4)
 
 
 def folder_size_mb(folder: str | Path) -> float:
@@ -654,10 +672,12 @@ def main(argv: list[str] | None = None) -> int:
     shipped = json.loads((router / "router.json").read_text())
     results: dict = {"meta": {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "commit": _commit(), "cpu_count": os.cpu_count(),
-        "loadavg_start": [round(x, 2) for x in os.getloadavg()], "quick": args.quick, **counts,
+        "loadavg_start": [round(x, 2) for x in os.getloadavg()], "host_probe_ms_start": host_probe_ms(),
+        "quick": args.quick, **counts,
         "router": str(router), "model_version": shipped["model_version"], "holdout_texts": len(texts),
         "env": {"OMP_WAIT_POLICY": "PASSIVE (set in every worker and the server)"}, "versions": _versions()}}
-    print(f"bench: {os.cpu_count()} vCPUs, load average {results['meta']['loadavg_start']}", flush=True)
+    print(f"bench: {os.cpu_count()} vCPUs, load average {results['meta']['loadavg_start']}, host probe "
+          f"{results['meta']['host_probe_ms_start']} ms", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="routelet-bench-") as tmp:
         scratch = Path(tmp)
@@ -693,13 +713,15 @@ def main(argv: list[str] | None = None) -> int:
             results["http"] = http_bench(router, texts, args.concurrency, counts["requests"], args.loadgen, scratch,
                                          warmup=min(200, counts["requests"]))
     results["meta"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    results["meta"]["host_probe_ms_end"] = host_probe_ms()
     results["targets"] = check_targets(results)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     plot(results, args.figure)
     print_table(results)
-    print(f"bench: load average at end {results['meta']['loadavg_end']}; wrote {out} and {args.figure}")
+    print(f"bench: load average at end {results['meta']['loadavg_end']}, host probe "
+          f"{results['meta']['host_probe_ms_end']} ms; wrote {out} and {args.figure}")
     return 0
 
 
