@@ -49,7 +49,8 @@ def main() -> int:
     ROUTER.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=ROUTER.parent) as scratch:
         staged = Path(scratch) / "router"
-        exported = export_model(trained, MODELS / name, calibration["temperature"], staged)
+        exported = export_model(trained, MODELS / name, calibration["temperature"], staged, int8=config["int8"],
+                                calibration=prepared.texts("calib"), outlier_channels=config["outlier_channels"])
         reference = trained_probs(trained, texts, calibration["temperature"])
         # Through the runtime exactly as served: preprocess, tokenizer, the int8 graph.
         (staged / "router.json").write_text(json.dumps(

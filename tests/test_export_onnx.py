@@ -22,6 +22,10 @@ from routelet.export_onnx import (  # noqa: E402
     TOKENIZER_FILE,
     ParityError,
     UnsupportedEncoder,
+    _activation_maxima,
+    _per_token_scales,
+    _split_outliers,
+    _weight_matmuls,
     build_onnx_router,
     check_parity,
     onnx_probs,
@@ -248,7 +252,8 @@ def test_minilm_int8_agrees_with_the_trained_model(tmp_path):
     head = LogisticRegression(C=10.0, max_iter=2000, random_state=0).fit(embeddings, [labels[i] for i in fit])
     coef, intercept = head.coef_.astype(np.float32), head.intercept_.astype(np.float32)
 
-    build_onnx_router(encoder, coef, intercept, 1.3, tmp_path, keep_fp32=True)
+    # Activation ranges from the rows the head was fitted on, as the stage takes the calibration split.
+    build_onnx_router(encoder, coef, intercept, 1.3, tmp_path, keep_fp32=True, calibration=[texts[i] for i in fit])
     reference = torch_probs(encoder, coef, intercept, 1.3, texts)
     fp32 = parity(reference, onnx_probs(tmp_path / FP32_FILE, texts))
     int8 = parity(reference, onnx_probs(tmp_path, texts))
@@ -256,6 +261,46 @@ def test_minilm_int8_agrees_with_the_trained_model(tmp_path):
     assert fp32["agreement"] == 1.0 and fp32["max_abs_dp"] < 1e-4
     assert int8["agreement"] >= 0.99
     check_parity(int8, min_agreement=0.99, where="test")
+
+
+def test_int8_rewrites_change_nothing_in_fp32(tmp_path, mean_encoder):
+    """The outlier split and the per-token scales only change what int8 sees: in fp32 the graph
+    gives the same probabilities, with every encoder MatMul rewritten."""
+    import onnx
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    coef, intercept = _head()
+    build_onnx_router(mean_encoder, coef, intercept, 1.0, tmp_path / "a", quantize=False)
+    model = onnx.load(str(tmp_path / "a" / MODEL_FILE))
+    head = {node.name for node in model.graph.node if node.name.startswith("/head/")}
+    groups = _weight_matmuls(model, exclude=head)
+    assert sum(len(nodes) for nodes in groups.values()) == 12  # 2 layers x (Q, K, V, out, up, down)
+    assert max(len(nodes) for nodes in groups.values()) == 3  # Q, K and V read one input
+    maxima = _activation_maxima(tmp_path / "a" / MODEL_FILE, list(groups), TEXTS)
+    assert {m.shape for m in maxima.values()} == {(32,), (64,)} and all((m > 0).all() for m in maxima.values())
+    side = _split_outliers(model, groups, maxima, 3)
+    assert len(side) == 12
+    _per_token_scales(model, _weight_matmuls(model, exclude=head | set(side)))
+    rewritten = OnnxModel(model)
+    rewritten.topological_sort()
+    (tmp_path / "b").mkdir()
+    onnx.save(rewritten.model, str(tmp_path / "b" / MODEL_FILE))
+    (tmp_path / "b" / TOKENIZER_FILE).write_bytes((tmp_path / "a" / TOKENIZER_FILE).read_bytes())
+    np.testing.assert_allclose(onnx_probs(tmp_path / "b", TEXTS), onnx_probs(tmp_path / "a", TEXTS), atol=1e-5)
+
+
+@pytest.mark.parametrize(("int8", "op"), [("dynamic", "MatMulInteger"), ("blockwise", "MatMulNBits")])
+def test_int8_modes(tmp_path, mean_encoder, int8, op):
+    import onnx
+
+    coef, intercept = _head()
+    build_onnx_router(mean_encoder, coef, intercept, 1.5, tmp_path, int8=int8, calibration=TEXTS)
+    ops = [node.op_type for node in onnx.load(str(tmp_path / MODEL_FILE)).graph.node]
+    assert op in ops
+    report = parity(torch_probs(mean_encoder, coef, intercept, 1.5, TEXTS), onnx_probs(tmp_path, TEXTS))
+    assert report["max_abs_dp"] < 0.05
+    with pytest.raises(ValueError, match="export_onnx.int8"):
+        build_onnx_router(mean_encoder, coef, intercept, 1.5, tmp_path, int8="int4")
 
 
 def test_export_keeps_the_layers_the_model_was_trained_with(tmp_path, mean_encoder):

@@ -8,6 +8,7 @@ Backends, all on real holdout texts (data/prepared/test.jsonl):
   torch-fp32  SentenceTransformer.encode + the logistic head (the training-side model)
   onnx-fp32   the same model exported with build_onnx_router(quantize=False), through runtime.Router
   onnx-int8   the shipped data/router through runtime.Router (preprocess + tokenizer + graph)
+  onnx-int8-blockwise  the same model exported with export_onnx.int8=blockwise (MatMulNBits)
   tfidf       the trained TF-IDF family exported with ship.export_model, through runtime.Router
 Single queries time one text per call (Router.route for the runtime backends: what a caller gets);
 batch throughput times calls of 64 texts. Each (backend, threads) runs in a fresh subprocess with
@@ -48,8 +49,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-BACKENDS = ("torch-fp32", "onnx-fp32", "onnx-int8", "tfidf")
-RUNTIME_BACKENDS = ("onnx-fp32", "onnx-int8", "tfidf")  # served through routelet.runtime.Router
+BACKENDS = ("torch-fp32", "onnx-fp32", "onnx-int8", "onnx-int8-blockwise", "tfidf")
 BATCH = 64
 MB = 1_000_000
 # Targets from the issue: (key, what, limit, comparison).
@@ -228,8 +228,9 @@ def _worker(job_path: str, result_path: str) -> int:
 # exporting the comparison routers (the shipped int8 one already exists)
 
 
-def export_fp32(router_folder: Path, models: Path, out: Path) -> Path:
-    """The shipped family's encoder + head as an fp32 graph; router.json copied from the shipped one."""
+def export_variant(router_folder: Path, models: Path, out: Path, suffix: str, **build) -> Path:
+    """The shipped family's encoder + head exported again with other build_onnx_router options
+    (quantize=False: fp32; int8="blockwise"); router.json copied from the shipped one."""
     from routelet.export_onnx import build_onnx_router
     from routelet.families import load_trained
     from routelet.ship import encoder_folder, encoder_layers, max_length
@@ -238,9 +239,9 @@ def export_fp32(router_folder: Path, models: Path, out: Path) -> Path:
     trained = load_trained(info["family"], models / info["family"])
     coef, intercept = trained.model.weights
     files = build_onnx_router(encoder_folder(trained, models / info["family"]), coef, intercept,
-                              info["temperature"], out, max_length=max_length(trained), quantize=False,
-                              layers=encoder_layers(trained))
-    info = {**info, "files": files, "model_version": info["model_version"] + "-fp32"}
+                              info["temperature"], out, max_length=max_length(trained),
+                              layers=encoder_layers(trained), **build)
+    info = {**info, "files": files, "model_version": f"{info['model_version']}-{suffix}"}
     (out / "router.json").write_text(json.dumps(info))
     return out
 
@@ -687,7 +688,11 @@ def main(argv: list[str] | None = None) -> int:
             if backend == "onnx-int8":
                 specs[backend] = {"kind": "router", "folder": str(router)}
             elif backend == "onnx-fp32":
-                specs[backend] = {"kind": "router", "folder": str(export_fp32(router, models, scratch / "fp32"))}
+                folder = export_variant(router, models, scratch / "fp32", "fp32", quantize=False)
+                specs[backend] = {"kind": "router", "folder": str(folder)}
+            elif backend == "onnx-int8-blockwise":
+                folder = export_variant(router, models, scratch / "blockwise", "blockwise", int8="blockwise")
+                specs[backend] = {"kind": "router", "folder": str(folder)}
             elif backend == "tfidf":
                 folder = export_tfidf_router(models, Path(args.prepared), Path(args.calibration), scratch / "tfidf")
                 specs[backend] = {"kind": "router", "folder": str(folder)}
@@ -705,7 +710,7 @@ def main(argv: list[str] | None = None) -> int:
                 results["single_query"].append({"backend": backend, **r, "loadavg_1m": round(os.getloadavg()[0], 2)})
                 if batch:
                     results["batch64"].append({"backend": backend, "threads": threads, **batch})
-                print(f"  {backend:<10} {threads} thread(s): p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms"
+                print(f"  {backend:<19} {threads} thread(s): p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms"
                       + (f"  batch-64 {batch['texts_per_s']:,.0f} texts/s" if batch else ""), flush=True)
 
         if not args.no_http:

@@ -41,15 +41,18 @@ def max_length(trained: Trained) -> int:
     return trained.model.encoder.max_length
 
 
-def export_model(trained: Trained, model_folder: Path, temperature: float, out: Path, keep_fp32: bool = False) -> dict:
-    """Write the model files into `out`; return router.json's `kind` and `files`."""
+def export_model(trained: Trained, model_folder: Path, temperature: float, out: Path, keep_fp32: bool = False,
+                 int8: str = "dynamic", calibration: list[str] | None = None, outlier_channels: int = 4) -> dict:
+    """Write the model files into `out`; return router.json's `kind` and `files`. int8, calibration
+    and outlier_channels go to build_onnx_router (encoder families only)."""
     if trained.model.family == "tfidf":
         files = export_tfidf(trained.model.pipeline_, out, temperature, labels=trained.model.labels_,
                              coef_dtype="float32")
         return {"kind": "tfidf", "files": files}
     coef, intercept = trained.model.weights
     files = build_onnx_router(encoder_folder(trained, model_folder), coef, intercept, temperature, out,
-                              max_length=max_length(trained), keep_fp32=keep_fp32, layers=encoder_layers(trained))
+                              max_length=max_length(trained), keep_fp32=keep_fp32, layers=encoder_layers(trained),
+                              int8=int8, calibration=calibration, outlier_channels=outlier_channels)
     return {"kind": "onnx", "files": files}
 
 
