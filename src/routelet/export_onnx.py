@@ -261,7 +261,12 @@ def _quantize(source: Path, target: Path, int8: str, calibration: list[str] | No
     model = onnx.load(str(source))
     head = [node.name for node in model.graph.node if node.name.startswith("/head/")]
     if int8 == "blockwise":
+        import logging
+
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+        # Importing it sets the root logger to INFO and logs every node: keep its own notes quiet.
+        logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
 
         quantizer = MatMulNBitsQuantizer(model, bits=8, block_size=32, is_symmetric=True, accuracy_level=4,
                                          nodes_to_exclude=head)
