@@ -76,6 +76,7 @@ def test_repro_trains_checks_reports_then_runs_nothing(workspace):
     assert set(metrics) >= {"tfidf", "embed", "embed_routes", "setfit", "router"}
     router = json.loads((workspace / "data" / "router" / "router.json").read_text())
     assert router["kind"] == "onnx" and router["reject_route"] == "oos" and router["hashes"]["taxonomy"]
+    assert router["quantization"] == {"int8": "dynamic", "outlier_channels": 4}  # ranges from the calib split
     assert json.loads((workspace / "report" / "export.json").read_text())["int8"]["agreement"] >= 0.995
     assert metrics["tfidf"]["in_scope_accuracy"] > 0.8  # keyword data: TF-IDF should nail it
     for name in ("confusion.png", "reliability.png", "risk_coverage.png", "accuracy_vs_latency.png",

@@ -43,8 +43,8 @@ def max_length(trained: Trained) -> int:
 
 def export_model(trained: Trained, model_folder: Path, temperature: float, out: Path, keep_fp32: bool = False,
                  int8: str = "dynamic", calibration: list[str] | None = None, outlier_channels: int = 4) -> dict:
-    """Write the model files into `out`; return router.json's `kind` and `files`. int8, calibration
-    and outlier_channels go to build_onnx_router (encoder families only)."""
+    """Write the model files into `out`; return router.json's `kind`, `files` and (encoder families)
+    `quantization`. int8, calibration and outlier_channels go to build_onnx_router."""
     if trained.model.family == "tfidf":
         files = export_tfidf(trained.model.pipeline_, out, temperature, labels=trained.model.labels_,
                              coef_dtype="float32")
@@ -53,7 +53,8 @@ def export_model(trained: Trained, model_folder: Path, temperature: float, out: 
     files = build_onnx_router(encoder_folder(trained, model_folder), coef, intercept, temperature, out,
                               max_length=max_length(trained), keep_fp32=keep_fp32, layers=encoder_layers(trained),
                               int8=int8, calibration=calibration, outlier_channels=outlier_channels)
-    return {"kind": "onnx", "files": files}
+    quantization = {"int8": int8, "outlier_channels": outlier_channels if calibration and int8 == "dynamic" else 0}
+    return {"kind": "onnx", "files": files, "quantization": quantization}
 
 
 def router_info(trained: Trained, taxonomy: Taxonomy, calibration: dict, exported: dict, hashes: dict,
@@ -78,6 +79,7 @@ def router_info(trained: Trained, taxonomy: Taxonomy, calibration: dict, exporte
         "hashes": hashes,
         "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "metrics": metrics,
+        "quantization": exported.get("quantization"),
         "files": exported["files"],
     }
 
