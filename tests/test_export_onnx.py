@@ -23,8 +23,7 @@ from routelet.export_onnx import (  # noqa: E402
     ParityError,
     UnsupportedEncoder,
     _activation_maxima,
-    _per_token_scales,
-    _split_outliers,
+    _rewrite_for_int8,
     _weight_matmuls,
     build_onnx_router,
     check_parity,
@@ -267,25 +266,22 @@ def test_int8_rewrites_change_nothing_in_fp32(tmp_path, mean_encoder):
     """The outlier split and the per-token scales only change what int8 sees: in fp32 the graph
     gives the same probabilities, with every encoder MatMul rewritten."""
     import onnx
-    from onnxruntime.transformers.onnx_model import OnnxModel
 
     coef, intercept = _head()
     build_onnx_router(mean_encoder, coef, intercept, 1.0, tmp_path / "a", quantize=False)
     model = onnx.load(str(tmp_path / "a" / MODEL_FILE))
+    tokenizer = tmp_path / "a" / TOKENIZER_FILE
     head = {node.name for node in model.graph.node if node.name.startswith("/head/")}
     groups = _weight_matmuls(model, exclude=head)
     assert sum(len(nodes) for nodes in groups.values()) == 12  # 2 layers x (Q, K, V, out, up, down)
     assert max(len(nodes) for nodes in groups.values()) == 3  # Q, K and V read one input
-    maxima = _activation_maxima(tmp_path / "a" / MODEL_FILE, list(groups), TEXTS)
+    maxima = _activation_maxima(model, tokenizer, list(groups), TEXTS)
     assert {m.shape for m in maxima.values()} == {(32,), (64,)} and all((m > 0).all() for m in maxima.values())
-    side = _split_outliers(model, groups, maxima, 3)
+    side = _rewrite_for_int8(model, tokenizer, TEXTS, 3, head) - head
     assert len(side) == 12
-    _per_token_scales(model, _weight_matmuls(model, exclude=head | set(side)))
-    rewritten = OnnxModel(model)
-    rewritten.topological_sort()
     (tmp_path / "b").mkdir()
-    onnx.save(rewritten.model, str(tmp_path / "b" / MODEL_FILE))
-    (tmp_path / "b" / TOKENIZER_FILE).write_bytes((tmp_path / "a" / TOKENIZER_FILE).read_bytes())
+    onnx.save(model, str(tmp_path / "b" / MODEL_FILE))
+    (tmp_path / "b" / TOKENIZER_FILE).write_bytes(tokenizer.read_bytes())
     np.testing.assert_allclose(onnx_probs(tmp_path / "b", TEXTS), onnx_probs(tmp_path / "a", TEXTS), atol=1e-5)
 
 

@@ -276,23 +276,31 @@ def _quantize(source: Path, target: Path, int8: str, calibration: list[str] | No
     if int8 != "dynamic":
         raise ValueError(f"int8 is {int8!r}: use 'dynamic' or 'blockwise' (export_onnx.int8 in params.yaml)")
     from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.transformers.onnx_model import OnnxModel
 
-    fp32_nodes = set(head)
-    if calibration and outlier_channels > 0:
-        groups = _weight_matmuls(model, exclude=fp32_nodes)
-        fp32_nodes.update(_split_outliers(model, groups, _activation_maxima(source, list(groups), calibration),
-                                          outlier_channels))
-    _per_token_scales(model, _weight_matmuls(model, exclude=fp32_nodes))
-    rewritten = OnnxModel(model)
-    rewritten.topological_sort()
-    staged = target.with_suffix(".fp32.onnx")
-    onnx.save(rewritten.model, str(staged))
+    fp32_nodes = _rewrite_for_int8(model, source.parent / TOKENIZER_FILE, calibration, outlier_channels, set(head))
+    staged = source.with_name("rewritten.onnx")  # beside the source, in the build's scratch folder
+    onnx.save(model, str(staged))
     # Shape inference stops at the fused (com.microsoft) attention ops: every tensor here is float.
     quantize_dynamic(str(staged), str(target), per_channel=True, weight_type=QuantType.QInt8,
                      op_types_to_quantize=["MatMul"], nodes_to_exclude=sorted(fp32_nodes),
                      extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-    staged.unlink()
+
+
+def _rewrite_for_int8(model, tokenizer_path: Path, calibration: list[str] | None, outlier_channels: int,
+                      exclude: set[str]) -> set[str]:
+    """Rewrite the fp32 graph in place so that per-tensor int8 fits it (outlier split when there are
+    calibration texts, then per-token scales); the result is the same function in fp32. Returns the
+    MatMuls to leave in fp32: `exclude` and the outlier side products."""
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    fp32_nodes = set(exclude)
+    if calibration and outlier_channels > 0:
+        groups = _weight_matmuls(model, exclude=fp32_nodes)
+        maxima = _activation_maxima(model, tokenizer_path, list(groups), calibration)
+        fp32_nodes.update(_split_outliers(model, groups, maxima, outlier_channels))
+    _per_token_scales(model, _weight_matmuls(model, exclude=fp32_nodes))
+    OnnxModel(model).topological_sort()  # the new nodes were appended at the end
+    return fp32_nodes
 
 
 def _weight_matmuls(model, exclude: set[str]) -> dict[str, list]:
@@ -305,15 +313,16 @@ def _weight_matmuls(model, exclude: set[str]) -> dict[str, list]:
     return groups
 
 
-def _activation_maxima(model_path: Path, tensors: list[str], texts: list[str]) -> dict[str, np.ndarray]:
-    """max |x| per channel of each named tensor over the real (unpadded) tokens of `texts`."""
+def _activation_maxima(model, tokenizer_path: Path, tensors: list[str], texts: list[str]) -> dict[str, np.ndarray]:
+    """max |x| per channel of each named tensor of `model` over the real (unpadded) tokens of `texts`."""
     import onnx
 
-    model = onnx.load(str(model_path))
-    model.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
                               for name in tensors)
-    session = onnx_session(model.SerializeToString())
-    tokenizer = _tokenizer(model_path.parent / TOKENIZER_FILE)
+    session = onnx_session(probe.SerializeToString())
+    tokenizer = _tokenizer(tokenizer_path)
     maxima = {name: None for name in tensors}
     for _, feed in _feeds(tokenizer, texts, {i.name for i in session.get_inputs()}, batch_size=64):
         real = feed["attention_mask"].astype(bool)
@@ -357,6 +366,29 @@ def _split_outliers(model, groups: dict[str, list], maxima: dict[str, np.ndarray
             fp32_nodes.append(name)
     model.graph.node.extend(new_nodes)
     return fp32_nodes
+
+
+def _per_token_scales(model, groups: dict[str, list]) -> None:
+    """x W = m * ((x / m) W) with m = max |x| per token: the per-tensor int8 scale of x / m then
+    fits every token alike (the special tokens run several times larger than the rest)."""
+    from onnx import helper, numpy_helper
+
+    new_nodes = []
+    model.graph.initializer.append(numpy_helper.from_array(np.array(1e-6, np.float32), "per_token_eps"))
+    for tensor, nodes in groups.items():
+        base = f"{tensor}_per_token"
+        new_nodes += [
+            helper.make_node("Abs", [tensor], [f"{base}_abs"], name=f"{base}_abs"),
+            helper.make_node("ReduceMax", [f"{base}_abs"], [f"{base}_max0"], axes=[-1], keepdims=1, name=f"{base}_max0"),
+            helper.make_node("Max", [f"{base}_max0", "per_token_eps"], [f"{base}_max"], name=f"{base}_max"),
+            helper.make_node("Div", [tensor, f"{base}_max"], [f"{base}_x"], name=f"{base}_div"),
+        ]
+        for node in nodes:
+            output = node.output[0]
+            node.input[0], node.output[0] = f"{base}_x", f"{output}_per_token"
+            new_nodes.append(helper.make_node("Mul", [f"{output}_per_token", f"{base}_max"], [output],
+                                              name=f"{node.name}_per_token_mul"))
+    model.graph.node.extend(new_nodes)
 
 
 def _save_tokenizer(transformer, path: Path, max_length: int) -> None:
@@ -562,26 +594,3 @@ def check_parity(
         "disagreements are near-ties); if fp32 disagrees too, the head, temperature, max_length or encoder "
         "given to the export is not the one the model was trained with."
     )
-
-
-def _per_token_scales(model, groups: dict[str, list]) -> None:
-    """x W = m * ((x / m) W) with m = max |x| per token: the per-tensor int8 scale of x / m then
-    fits every token alike (the special tokens run several times larger than the rest)."""
-    from onnx import helper, numpy_helper
-
-    new_nodes = []
-    model.graph.initializer.append(numpy_helper.from_array(np.array(1e-6, np.float32), "per_token_eps"))
-    for tensor, nodes in groups.items():
-        base = f"{tensor}_per_token"
-        new_nodes += [
-            helper.make_node("Abs", [tensor], [f"{base}_abs"], name=f"{base}_abs"),
-            helper.make_node("ReduceMax", [f"{base}_abs"], [f"{base}_max0"], axes=[-1], keepdims=1, name=f"{base}_max0"),
-            helper.make_node("Max", [f"{base}_max0", "per_token_eps"], [f"{base}_max"], name=f"{base}_max"),
-            helper.make_node("Div", [tensor, f"{base}_max"], [f"{base}_x"], name=f"{base}_div"),
-        ]
-        for node in nodes:
-            output = node.output[0]
-            node.input[0], node.output[0] = f"{base}_x", f"{output}_per_token"
-            new_nodes.append(helper.make_node("Mul", [f"{output}_per_token", f"{base}_max"], [output],
-                                              name=f"{node.name}_per_token_mul"))
-    model.graph.node.extend(new_nodes)
