@@ -28,12 +28,12 @@ test-fast: setup
 	pytest -m "not slow"
 
 bench: setup
-	python -m routelet.bench
+	python -m scripts.bench
 
 # Rebuild the bundled dataset folders from the public releases (SRC: folder holding clinc150/ and banking77/).
 datasets: setup
-	python -m routelet.bundled clinc150 --source $(SRC)/clinc150 --out data/clinc150 --evals evals
-	python -m routelet.bundled banking77 --source $(SRC)/banking77 --out data/banking77
+	python -m scripts.bundled clinc150 --source $(SRC)/clinc150 --out data/clinc150 --evals evals
+	python -m scripts.bundled banking77 --source $(SRC)/banking77 --out data/banking77
 
 clean-venv:
 	rm -rf $(VENV)

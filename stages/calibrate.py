@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from routelet.calibration import (
+from routelet.evaluation.calibration import (
     choose_threshold,
     fit_temperature_routes,
     gate_only_probs,
@@ -21,10 +21,10 @@ from routelet.calibration import (
     reliability,
     risk_coverage,
 )
-from routelet.dataset import load_prepared
+from routelet.data.dataset import load_prepared
 from routelet.families import load_trained
 from routelet.params import load_params
-from routelet.plots import reliability_figure, risk_coverage_figure
+from routelet.evaluation.plots import reliability_figure, risk_coverage_figure
 
 PLOTS, FIGURES = Path("report/plots"), Path("report/figures")
 

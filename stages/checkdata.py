@@ -14,12 +14,10 @@ import json
 import sys
 from pathlib import Path
 
-from routelet.data import read_rows, write_quarantine
-from routelet.dataset import check_pool, load_dataset, write_prepared
+from routelet.data.rows import read_rows, write_quarantine
+from routelet.data.dataset import check_pool, load_dataset, write_prepared
 from routelet.params import load_params
-
-PREPARED = Path("data/prepared")
-REPORT = Path("report/checkdata.json")
+from routelet.paths import CHECKDATA as REPORT, PREPARED
 
 
 def main() -> int:

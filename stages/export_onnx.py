@@ -16,14 +16,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from routelet.data import sha256_file
-from routelet.dataset import load_prepared
+from routelet.data.rows import sha256_file
+from routelet.data.dataset import load_prepared
 from routelet.families import MODELS, load_trained
 from routelet.params import load_params
-from routelet.report import evaluate
-from routelet.runtime import Router
-from routelet.export_onnx import check_parity
-from routelet.ship import (
+from routelet.evaluation.report import evaluate
+from routelet.serving.runtime import Router
+from routelet.export.onnx import check_parity
+from routelet.export.ship import (
     export_model,
     fp32_probs,
     route_parity,

@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from routelet.dataset import load_prepared
-from routelet.encoders import EncoderSpec
-from routelet.learning_curve import learning_curve
-from routelet.models import EmbedModel, TfidfModel
+from routelet.data.dataset import load_prepared
+from routelet.families.encoders import EncoderSpec
+from routelet.evaluation.learning_curve import learning_curve
+from routelet.families.models import EmbedModel, TfidfModel
 from routelet.params import load_params
-from routelet.plots import curves_figure
+from routelet.evaluation.plots import curves_figure
 
 
 def main() -> None:

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import torch
 
-from routelet.data import sha256_file
-from routelet.dataset import load_prepared
-from routelet.encoders import EncoderSpec
+from routelet.data.rows import sha256_file
+from routelet.data.dataset import load_prepared
+from routelet.families.encoders import EncoderSpec
 from routelet.families import MODELS, load_trained
 from routelet.params import load_params
-from routelet.plots import confusion_figure, scatter_figure
-from routelet.report import evaluate, folder_megabytes, llm_baselines, single_query_latency
-from routelet.runtime import Router
+from routelet.evaluation.plots import confusion_figure, scatter_figure
+from routelet.evaluation.report import evaluate, folder_megabytes, llm_baselines, single_query_latency
+from routelet.serving.runtime import Router
 
 REPORT, FIGURES, ROUTER = Path("report"), Path("report/figures"), Path("data/router")
 

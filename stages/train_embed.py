@@ -10,10 +10,10 @@ texts before (another experiment, or the SetFit stage's frozen layers).
 
 from __future__ import annotations
 
-from routelet.dataset import load_prepared
-from routelet.encoders import EncoderSpec
+from routelet.data.dataset import load_prepared
+from routelet.families.encoders import EncoderSpec
 from routelet.families import save_trained, training_labels
-from routelet.models import EmbedModel
+from routelet.families.models import EmbedModel
 from routelet.params import load_params
 
 

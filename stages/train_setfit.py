@@ -13,11 +13,11 @@ import time
 
 import torch
 
-from routelet.dataset import load_prepared
-from routelet.encoders import EncoderSpec
+from routelet.data.dataset import load_prepared
+from routelet.families.encoders import EncoderSpec
 from routelet.families import save_trained
 from routelet.params import load_params
-from routelet.setfit_model import SetfitModel
+from routelet.families.setfit import SetfitModel
 
 
 def main() -> None:

@@ -8,9 +8,9 @@ Reads params `train_tfidf.*`, `seed`; data/prepared. Writes data/models/tfidf/.
 
 from __future__ import annotations
 
-from routelet.dataset import load_prepared
+from routelet.data.dataset import load_prepared
 from routelet.families import save_trained
-from routelet.models import TfidfModel
+from routelet.families.models import TfidfModel
 from routelet.params import load_params
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from routelet.preprocess import PREPROCESS_VERSION
+from routelet.serving.preprocess import PREPROCESS_VERSION
 
 LABELS = ["balance", "transfer", "flight", "oos"]
 ROUTES = [
@@ -95,8 +95,8 @@ def tfidf_pipeline(word=(1, 2), char=(2, 4), C: float = 10.0, **vectorizer_kwarg
 
 def make_tfidf_router(folder: Path, temperature: float = 1.0, **overrides) -> Path:
     """Train the pipeline on the synthetic data, export it, write router.json."""
-    from routelet.export_tfidf import export_tfidf
-    from routelet.preprocess import preprocess
+    from routelet.export.tfidf import export_tfidf
+    from routelet.serving.preprocess import preprocess
 
     texts, labels = synthetic_dataset()
     pipeline = tfidf_pipeline().fit([preprocess(t) for t in texts], labels)

@@ -9,7 +9,7 @@ import shutil
 import pytest
 from routers import onnx_folder, tfidf_folder  # noqa: F401  (fixtures)
 
-from routelet import bench
+from scripts import bench
 
 TEXTS = ["what is my account balance", "book a flight from the airport", "tell me a joke", "send money to payee",
          "wire funds to my savings", "boarding pass airline"]

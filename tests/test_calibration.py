@@ -1,6 +1,6 @@
 import numpy as np
 
-from routelet.calibration import (
+from routelet.evaluation.calibration import (
     Policy,
     choose_threshold,
     decisions,
@@ -10,7 +10,7 @@ from routelet.calibration import (
     oos_auroc,
     risk_coverage,
 )
-from routelet.models import softmax
+from routelet.families.models import softmax
 
 
 def synthetic(n=4000, k=4, true_t=2.5, seed=0):

@@ -1,7 +1,7 @@
 import json
 
-from routelet.data import Sourced, Row
-from routelet.dataset import check_pool, load_dataset, stratified_split
+from routelet.data.rows import Sourced, Row
+from routelet.data.dataset import check_pool, load_dataset, stratified_split
 
 
 def write(path, rows):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from routelet.encoders import EmbeddingCache, EncoderSpec, EncoderUnavailable, load_sentence_encoder
+from routelet.families.encoders import EmbeddingCache, EncoderSpec, EncoderUnavailable, load_sentence_encoder
 from tiny_encoder import build_tiny_encoder
 
 

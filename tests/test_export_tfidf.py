@@ -11,9 +11,9 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import FeatureUnion, Pipeline
 
-from routelet.export_tfidf import export_tfidf
-from routelet.preprocess import preprocess
-from routelet.runtime import Router, RouterError
+from routelet.export.tfidf import export_tfidf
+from routelet.serving.preprocess import preprocess
+from routelet.serving.runtime import Router, RouterError
 
 # Raw strings that stress the analyzers: case, accents, runs of spaces and tabs, punctuation,
 # one-letter words, words shorter than the n-gram size, unseen words, empty text.

@@ -1,6 +1,6 @@
 import numpy as np
 
-from routelet.metrics import classification, wilson
+from routelet.evaluation.metrics import classification, wilson
 
 
 def test_wilson_interval_contains_the_proportion_and_handles_extremes():

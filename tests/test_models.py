@@ -3,10 +3,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from routelet.encoders import EncoderSpec
+from routelet.families.encoders import EncoderSpec
 from routelet.families import load_trained, save_trained, training_labels
-from routelet.models import EmbedModel, TfidfModel, softmax
-from routelet.taxonomy import Taxonomy
+from routelet.families.models import EmbedModel, TfidfModel, softmax
+from routelet.data.taxonomy import Taxonomy
 from routers import ROUTES, synthetic_dataset
 from tiny_encoder import build_tiny_encoder
 
@@ -55,7 +55,7 @@ def test_tfidf_file_is_the_same_whatever_the_hash_seed(tmp_path):
 
     script = (
         "import sys; sys.path.insert(0, 'tests'); from routers import synthetic_dataset; "
-        "from routelet.models import TfidfModel; t, l = synthetic_dataset(10, 0); "
+        "from routelet.families.models import TfidfModel; t, l = synthetic_dataset(10, 0); "
         "TfidfModel(C=1.0).fit(t, l).save(sys.argv[1])"
     )
     for seed in ("1", "2"):

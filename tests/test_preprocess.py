@@ -1,6 +1,6 @@
 import pytest
 
-from routelet.preprocess import preprocess, redact
+from routelet.serving.preprocess import preprocess, redact
 
 # Secrets in the shapes users paste: none of the secret part may survive the preprocess.
 SECRET_CORPUS = [

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from routelet.data import sha256_file
-from routelet.report import llm_baselines
+from routelet.data.rows import sha256_file
+from routelet.evaluation.report import llm_baselines
 
 SCORES = {"claude-haiku": {"accuracy": 0.91, "in_scope_accuracy": 0.95, "oos_recall": 0.7}}
 

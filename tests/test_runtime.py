@@ -15,7 +15,7 @@ from routers import (  # noqa: F401  (tfidf_folder, onnx_folder are fixtures)
     LABELS, make_onnx_router, make_tfidf_router, onnx_folder, tfidf_folder,
 )
 
-from routelet.runtime import ONNX_BATCH, Router, RouterError
+from routelet.serving.runtime import ONNX_BATCH, Router, RouterError
 
 KINDS = ["tfidf", "onnx"]
 

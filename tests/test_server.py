@@ -15,8 +15,8 @@ import pytest
 from fastapi.testclient import TestClient
 from routers import onnx_folder, tfidf_folder  # noqa: F401  (fixtures)
 
-from routelet.runtime import Router, RouterError
-from routelet.server import Limits, MicroBatcher, ServeError, create_app, is_loopback, serve
+from routelet.serving.runtime import Router, RouterError
+from routelet.serving.server import Limits, MicroBatcher, ServeError, create_app, is_loopback, serve
 
 SCRIPT = str(Path(sys.executable).parent / "routelet")
 KEY = "test-key-123"

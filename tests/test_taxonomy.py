@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from routelet.taxonomy import Taxonomy
+from routelet.data.taxonomy import Taxonomy
 
 ROUTES = {
     "reject": "oos",

@@ -16,8 +16,10 @@ import os
 import sys
 from typing import Callable
 
+from routelet.paths import ROUTER
+
 EXIT_USER_ERROR = 2
-DEFAULT_ROUTER = "data/router"  # where `dvc repro` puts the exported router
+DEFAULT_ROUTER = str(ROUTER)  # where `dvc repro` puts the exported router
 _ROUTER_HELP = "router folder holding router.json and its model files (default: %(default)s)"
 
 
@@ -29,7 +31,7 @@ def _route_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _route(args: argparse.Namespace) -> int:
-    from routelet.runtime import Router
+    from routelet.serving.runtime import Router
 
     router = Router.load(args.router, threads=args.threads)
     if args.text is not None:
@@ -54,7 +56,7 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from routelet.server import serve
+    from routelet.serving.server import serve
 
     serve(args.router, host=args.host, port=args.port, api_key=args.api_key, threads=args.threads,
           access_log=args.access_log)
@@ -106,11 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from routelet.runtime import RouterError
+    from routelet.serving.runtime import RouterError
 
     errors: tuple[type[Exception], ...] = (RouterError,)
     if args.command == "serve":
-        from routelet.server import ServeError
+        from routelet.serving.server import ServeError
 
         errors += (ServeError,)
     try:

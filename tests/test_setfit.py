@@ -10,9 +10,9 @@ import pytest
 import torch
 from tiny_encoder import build_tiny_encoder
 
-from routelet import encoders
-from routelet.encoders import EncoderSpec
-from routelet.setfit_model import SetfitModel, hard_negative_pool, sample_batches, use_bf16
+from routelet.families import encoders
+from routelet.families.encoders import EncoderSpec
+from routelet.families.setfit import SetfitModel, hard_negative_pool, sample_batches, use_bf16
 
 TOPICS = {
     "weather": "rain sun cloud forecast snow wind storm",
@@ -102,7 +102,7 @@ def test_unknown_precision_is_named():
 
 
 def test_fine_tune_moves_the_body_and_frozen_layers_stay(tiny_encoder):
-    from routelet.encoders import load_sentence_encoder
+    from routelet.families.encoders import load_sentence_encoder
 
     before = load_sentence_encoder(tiny_encoder)[0].auto_model
     model = fit(tiny_encoder, train_layers=1)
@@ -114,8 +114,8 @@ def test_fine_tune_moves_the_body_and_frozen_layers_stay(tiny_encoder):
 
 
 def test_split_forward_matches_full_forward(tiny_encoder):
-    from routelet.encoders import load_sentence_encoder
-    from routelet.setfit_model import _LayerCache
+    from routelet.families.encoders import load_sentence_encoder
+    from routelet.families.setfit import _LayerCache
 
     body = load_sentence_encoder(tiny_encoder).eval()
     cache = _LayerCache.build(body, n_frozen=1)

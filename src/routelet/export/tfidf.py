@@ -5,7 +5,7 @@
 writes `router/tfidf.json` (per feature part: analyzer settings and vocabulary term -> column)
 and `router/tfidf.npz` (per-part idf arrays, `coef` and `intercept` already divided by the
 temperature) and returns the `files` dict for router.json. The caller writes router.json.
-`routelet.runtime` reads these files and reproduces `pipeline.predict_proba` without sklearn.
+`routelet.serving.runtime` reads these files and reproduces `pipeline.predict_proba` without sklearn.
 Runs at export time, so it may import sklearn; serving never imports this module.
 """
 

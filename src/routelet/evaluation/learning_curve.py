@@ -11,7 +11,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from routelet.dataset import Prepared
+from routelet.data.dataset import Prepared
 from routelet.families import Trained
 
 

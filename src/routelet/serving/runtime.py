@@ -1,6 +1,6 @@
 """Load a router folder and route texts, without torch, sklearn or transformers.
 
-    from routelet.runtime import Router
+    from routelet.serving.runtime import Router
     router = Router.load("router", threads=1)
     router.route(["what's my balance", "book a flight"], top_k=3)
     router.route_one("what's my balance")
@@ -8,7 +8,7 @@
 A router folder is `router.json` (the one description of a shipped model: labels, routes,
 abstention gate, files) plus the model files of its kind: `model.onnx` + `tokenizer.json`
 (onnx kind, run with onnxruntime) or `tfidf.json` + `tfidf.npz` (tfidf kind, written by
-`routelet.export_tfidf` and recomputed here in numpy, matching sklearn's predict_proba).
+`routelet.export.tfidf` and recomputed here in numpy, matching sklearn's predict_proba).
 Only numpy, onnxruntime, tokenizers and the stdlib are imported, so serving stays light.
 """
 
@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from routelet.preprocess import PREPROCESS_VERSION, preprocess
+from routelet.serving.preprocess import PREPROCESS_VERSION, preprocess
 
 FORMAT_VERSION = 1
 ONNX_BATCH = 64  # rows per onnxruntime call: bounds memory and padding waste for any batch size

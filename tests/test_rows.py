@@ -1,6 +1,6 @@
 import json
 
-from routelet.data import read_rows, write_quarantine
+from routelet.data.rows import read_rows, write_quarantine
 
 LINES = [
     b'{"text": "check my balance", "label": "balance"}',

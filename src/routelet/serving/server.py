@@ -29,7 +29,7 @@ from fastapi.security import APIKeyHeader
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError,
                       model_validator)
 
-from routelet.runtime import Router
+from routelet.serving.runtime import Router
 
 API_KEY_HEADER = "X-API-Key"
 
@@ -204,7 +204,7 @@ class _Guard:
 
 
 def playground_html() -> str:
-    return resources.files("routelet").joinpath("static/playground.html").read_text(encoding="utf-8")
+    return resources.files("routelet.serving").joinpath("static/playground.html").read_text(encoding="utf-8")
 
 
 def create_app(router: Router, api_key: str | None = None, limits: Limits = Limits()) -> FastAPI:

@@ -33,10 +33,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from routelet import encoders
-from routelet.encoders import EmbeddingCache, EncoderSpec, load_sentence_encoder
-from routelet.models import head_weights, load_head, new_head, save_head
-from routelet.preprocess import preprocess
+from routelet.families import encoders
+from routelet.families.encoders import EmbeddingCache, EncoderSpec, load_sentence_encoder
+from routelet.families.models import head_weights, load_head, new_head, save_head
+from routelet.serving.preprocess import preprocess
 
 HYPERPARAMS = (
     "max_steps",

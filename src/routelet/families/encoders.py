@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from routelet.preprocess import PREPROCESS_VERSION, preprocess
+from routelet.serving.preprocess import PREPROCESS_VERSION, preprocess
 
 CACHE_ROOT = Path(os.environ.get("ROUTELET_CACHE", ".cache/routelet"))
 

@@ -18,8 +18,8 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import FeatureUnion, Pipeline
 
-from routelet.encoders import EmbeddingCache, EncoderSpec
-from routelet.preprocess import preprocess
+from routelet.families.encoders import EmbeddingCache, EncoderSpec
+from routelet.serving.preprocess import preprocess
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from routelet.preprocess import redact
+from routelet.serving.preprocess import redact
 
 DEFAULT_MAX_CHARS = 2000
 

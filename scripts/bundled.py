@@ -1,7 +1,7 @@
 """Build the bundled dataset folders from the public releases (run once; the output is committed).
 
-    python -m routelet.bundled clinc150 --source path/to/clinc150 --out data/clinc150 --evals evals
-    python -m routelet.bundled banking77 --source path/to/banking77 --out data/banking77
+    python -m scripts.bundled clinc150 --source path/to/clinc150 --out data/clinc150 --evals evals
+    python -m scripts.bundled banking77 --source path/to/banking77 --out data/banking77
 
 CLINC150 becomes a domain router: the 150 intents map to their 10 domains, `oos` is the reject
 route. `taxonomy.yaml` routes by domain, `taxonomy_intents.yaml` by intent (the harder benchmark,
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import yaml
 
-from routelet.data import write_jsonl
-from routelet.preprocess import normalise
+from routelet.data.rows import write_jsonl
+from routelet.serving.preprocess import normalise
 
 CLINC_DOMAINS = {
     "banking": "Bank accounts: balances, transfers, bills, PIN, fraud, routing numbers, checks.",
@@ -101,7 +101,7 @@ def build_clinc150(source: Path, out: Path, evals: Path) -> None:
         ]
         + [{"name": "oos", "description": OOS_DESCRIPTION, "target": "assistant.fallback"}],
     }
-    header = "# Built by `python -m routelet.bundled clinc150`: CLINC150 (CC BY 3.0), see LICENSE.txt.\n"
+    header = "# Built by `python -m scripts.bundled clinc150`: CLINC150 (CC BY 3.0), see LICENSE.txt.\n"
     (out / "taxonomy.yaml").write_text(header + yaml.safe_dump(by_domain, sort_keys=False, width=100))
     (out / "taxonomy_intents.yaml").write_text(header + yaml.safe_dump(by_intent, sort_keys=False, width=100))
     _attribute(source, out, dropped, len(train), len(valid), len(test))

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
-from routelet.models import EmbedModel, TfidfModel, softmax
-from routelet.taxonomy import Taxonomy
+from routelet.families.models import EmbedModel, TfidfModel, softmax
+from routelet.data.taxonomy import Taxonomy
 
 MODELS = Path("data/models")
 
 
 def _kinds() -> dict[str, type]:
-    from routelet.setfit_model import SetfitModel  # torch-heavy: only when a SetFit model is loaded
+    from routelet.families.setfit import SetfitModel  # torch-heavy: only when a SetFit model is loaded
 
     return {"tfidf": TfidfModel, "embed": EmbedModel, "setfit": SetfitModel}
 

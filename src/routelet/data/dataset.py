@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from routelet.data import Rejected, Sourced, read_jsonl, read_rows, write_jsonl
-from routelet.preprocess import normalise, preprocess
-from routelet.taxonomy import Taxonomy
+from routelet.data.rows import Rejected, Sourced, read_jsonl, read_rows, write_jsonl
+from routelet.serving.preprocess import normalise, preprocess
+from routelet.data.taxonomy import Taxonomy
 
 
 @dataclass

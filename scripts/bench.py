@@ -1,8 +1,8 @@
 """Speed and memory of the shipped router: in-process latency and throughput per backend, HTTP end
 to end through the real server, folder sizes; writes report/bench.json and report/figures/bench.png.
 
-    make bench                                   # = python -m routelet.bench
-    python -m routelet.bench --quick             # smoke run: small counts, same code paths
+    make bench                                   # = python -m scripts.bench
+    python -m scripts.bench --quick             # smoke run: small counts, same code paths
 
 Backends, all on real holdout texts (data/prepared/test.jsonl):
   torch-fp32  SentenceTransformer.encode + the logistic head (the training-side model)
@@ -161,17 +161,17 @@ def load_backend(spec: dict, threads: int) -> Callable[[list[str]], object]:
     """{"kind": "router", "folder"} -> Router.route; {"kind": "torch", "model", "temperature"} ->
     encode + head + softmax. Call only after the thread environment is set."""
     if spec["kind"] == "router":
-        from routelet.runtime import Router
+        from routelet.serving.runtime import Router
 
         router = Router.load(spec["folder"], threads=threads)
         return router.route
     if spec["kind"] == "torch":
         import torch
 
-        from routelet.encoders import load_sentence_encoder
+        from routelet.families.encoders import load_sentence_encoder
         from routelet.families import load_trained
-        from routelet.models import softmax
-        from routelet.preprocess import preprocess
+        from routelet.families.models import softmax
+        from routelet.serving.preprocess import preprocess
 
         torch.set_num_threads(threads)
         model = load_trained(spec["name"], spec["model"]).model
@@ -210,7 +210,7 @@ def measure_in_subprocess(spec: dict, threads: int, texts: list[str], queries: i
     result_path = job.with_suffix(".out.json")
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": str(threads),
            "MKL_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
-    done = subprocess.run([sys.executable, "-m", "routelet.bench", "--worker", str(job), str(result_path)], env=env)
+    done = subprocess.run([sys.executable, "-m", "scripts.bench", "--worker", str(job), str(result_path)], env=env)
     if done.returncode != 0 or not result_path.is_file():
         raise RuntimeError(f"bench worker for {spec} at {threads} thread(s) failed (exit {done.returncode}); "
                            "its error is printed above")
@@ -231,9 +231,9 @@ def _worker(job_path: str, result_path: str) -> int:
 def export_variant(router_folder: Path, models: Path, out: Path, suffix: str, **build) -> Path:
     """The shipped family's encoder + head exported again with other build_onnx_router options
     (quantize=False: fp32; int8="blockwise"); router.json copied from the shipped one."""
-    from routelet.export_onnx import build_onnx_router
+    from routelet.export.onnx import build_onnx_router
     from routelet.families import load_trained
-    from routelet.ship import encoder_folder, encoder_layers, max_length
+    from routelet.export.ship import encoder_folder, encoder_layers, max_length
 
     info = json.loads((router_folder / "router.json").read_text())
     trained = load_trained(info["family"], models / info["family"])
@@ -248,9 +248,9 @@ def export_variant(router_folder: Path, models: Path, out: Path, suffix: str, **
 
 def export_tfidf_router(models: Path, prepared: Path, calibration: Path, out: Path, name: str = "tfidf") -> Path:
     """The trained TF-IDF family as a router folder, exactly as the export stage would ship it."""
-    from routelet.dataset import load_prepared
+    from routelet.data.dataset import load_prepared
     from routelet.families import load_trained
-    from routelet.ship import export_model, router_info
+    from routelet.export.ship import export_model, router_info
 
     trained = load_trained(name, models / name)
     calib = json.loads(calibration.read_text())[name]
@@ -634,7 +634,7 @@ def print_table(results: dict) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m routelet.bench", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m scripts.bench", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
     add("--router", default="data/router",

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from routelet.calibration import Policy, decisions, ece, gate_only_probs, oos_auroc
-from routelet.metrics import classification
+from routelet.evaluation.calibration import Policy, decisions, ece, gate_only_probs, oos_auroc
+from routelet.evaluation.metrics import classification
 
 
 def final_routes(probs: np.ndarray, reject: int | None, policy: Policy) -> np.ndarray:

@@ -70,7 +70,7 @@ class UnsupportedEncoder(ValueError):
 def _load_sentence_transformer(encoder_folder: str | Path, max_length: int, layers: int | None = None):
     from sentence_transformers import SentenceTransformer
 
-    from routelet.encoders import keep_first_layers
+    from routelet.families.encoders import keep_first_layers
 
     model = SentenceTransformer(str(encoder_folder), device="cpu")
     model.max_seq_length = max_length
@@ -97,7 +97,7 @@ def _readout(model, encoder_folder) -> tuple[object, tuple[str, ...], bool]:
         raise UnsupportedEncoder(
             f"{encoder_folder}/modules.json: the ONNX export handles Transformer -> Pooling [-> Normalize], "
             f"this model is {' -> '.join(kinds)}. Pick an encoder of that shape in params.yaml `encoders`, "
-            "or extend routelet.export_onnx._router_graph for the extra module."
+            "or extend routelet.export.onnx._router_graph for the extra module."
         )
     if getattr(model, "default_prompt_name", None):
         raise UnsupportedEncoder(

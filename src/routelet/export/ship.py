@@ -15,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from routelet.data import sha256_file
-from routelet.export_onnx import build_onnx_router, onnx_probs, parity
-from routelet.export_tfidf import export_tfidf
+from routelet.data.rows import sha256_file
+from routelet.export.onnx import build_onnx_router, onnx_probs, parity
+from routelet.export.tfidf import export_tfidf
 from routelet.families import Trained
-from routelet.models import softmax
-from routelet.preprocess import PREPROCESS_VERSION
-from routelet.taxonomy import Taxonomy
+from routelet.families.models import softmax
+from routelet.serving.preprocess import PREPROCESS_VERSION
+from routelet.data.taxonomy import Taxonomy
 
 
 def encoder_folder(trained: Trained, model_folder: Path) -> str:

@@ -1,0 +1,24 @@
+"""Where the pipeline keeps its artifacts: every stage, script and the CLI take paths from here.
+
+dvc.yaml names the same paths (it cannot import Python); `tests/test_stage_deps.py` checks that the
+two agree.
+"""
+
+from pathlib import Path
+
+PARAMS = Path("params.yaml")
+PREPARED = Path("data/prepared")  # checked splits: train/calib/test.jsonl, taxonomy.json, quarantine.jsonl
+ENCODER = Path("data/encoder.json")  # the resolved `model` encoder the encoder families train on
+MODELS = Path("data/models")  # one folder per trained family
+ROUTER = Path("data/router")  # the router folder that ships
+REPORT = Path("report")
+PLOTS = REPORT / "plots"
+FIGURES = REPORT / "figures"
+CHECKDATA = REPORT / "checkdata.json"
+CALIBRATION = REPORT / "calibration.json"
+EXPORT = REPORT / "export.json"
+METRICS = REPORT / "metrics.json"
+TIMINGS = REPORT / "timings.json"
+DETAILS = REPORT / "details.json"
+BASELINES = REPORT / "baselines.json"
+BENCH = REPORT / "bench.json"
