@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from s3_server import s3_server  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -55,37 +56,17 @@ def test_default_remote_is_a_local_folder_and_round_trips(tmp_path):
     assert pulled.read_text() == (origin / "data" / "pool.jsonl").read_text()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def s3_server(monkeypatch):
-    from moto.server import ThreadedMotoServer
-
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_EC2_METADATA_DISABLED": "true", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(key, value)
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
 def test_r2_remote_round_trips_through_an_s3_server(tmp_path, s3_server):
     import boto3
 
-    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket="routelet")
+    boto3.client("s3", endpoint_url=s3_server.url, region_name="us-east-1").create_bucket(Bucket="routelet")
     origin = project_with_tracked_data(tmp_path)
     # The committed r2 remote, with its endpoint and credentials put where the README says: config.local.
     pulled = push_then_pull_in_clone(
         origin, "r2", tmp_path, env=dict(os.environ),
-        configure=[("endpointurl", s3_server), ("access_key_id", "testing"), ("secret_access_key", "testing"),
+        configure=[("endpointurl", s3_server.url), ("access_key_id", "testing"), ("secret_access_key", "testing"),
                    ("region", "us-east-1")],
     )
     assert pulled.read_text() == (origin / "data" / "pool.jsonl").read_text()
-    keys = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").list_objects_v2(Bucket="routelet")
+    keys = boto3.client("s3", endpoint_url=s3_server.url, region_name="us-east-1").list_objects_v2(Bucket="routelet")
     assert any(obj["Key"].startswith("dvc/") for obj in keys.get("Contents", []))
