@@ -48,24 +48,24 @@ def synthetic_dataset(n_per_label: int = 40, seed: int = 0) -> tuple[list[str], 
     return texts, labels
 
 
-def router_json(kind: str, files: dict, **overrides) -> dict:
+def router_json(kind: str, files: dict, temperature: float = 1.0, **overrides) -> dict:
+    """router.json of a one-tier router of `kind` with these files; `overrides` replace top-level keys."""
+    family = "tfidf" if kind == "tfidf" else "embed"
     info = {
-        "format_version": 1,
-        "kind": kind,
-        "family": "tfidf" if kind == "tfidf" else "embed",
+        "format_version": 2,
         "model_version": f"{kind}-test0001",
+        "family": family,
         "labels": LABELS,
         "routes": ROUTES,
         "reject_route": "oos",
-        "temperature": 1.0,
-        "abstain": {"threshold": 0.55, "margin": 0.0},
-        "max_length": 16,
+        "input": {"modality": "text", "tokenizer": files.get("tokenizer"), "max_length": 16},
         "preprocess_version": PREPROCESS_VERSION,
-        "encoder": None if kind == "tfidf" else {"name": "toy", "source": "tests/routers.py"},
+        "abstain": {"threshold": 0.55, "margin": 0.0},
+        "tiers": [{"family": family, "kind": kind, "files": files, "temperature": temperature,
+                   "encoder": None if kind == "tfidf" else {"name": "toy", "source": "tests/routers.py"}}],
         "hashes": {},
         "exported_at": "2026-01-01T00:00:00Z",
         "metrics": {},
-        "files": files,
     }
     info.update(overrides)
     return info

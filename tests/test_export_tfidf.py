@@ -64,7 +64,7 @@ def test_parity_with_sklearn(tmp_path, name):
     # Router.probs preprocesses; the analyzers themselves are checked on raw text too.
     expected = pipeline.predict_proba([preprocess(t) for t in texts])
     np.testing.assert_allclose(router.probs(texts), expected, atol=1e-9, rtol=0)
-    np.testing.assert_allclose(router._model(texts), pipeline.predict_proba(texts), atol=1e-9, rtol=0)
+    np.testing.assert_allclose(router._models[0](texts), pipeline.predict_proba(texts), atol=1e-9, rtol=0)
 
 
 def test_parity_for_other_vectorizer_settings(tmp_path):
@@ -85,7 +85,7 @@ def test_parity_for_other_vectorizer_settings(tmp_path):
     pipeline.fit(texts + ["Café résumé naïve"], labels + ["oos"])
     router = export_and_load(pipeline, tmp_path, sorted(set(labels)))
     raw = held_out()
-    np.testing.assert_allclose(router._model(raw), pipeline.predict_proba(raw), atol=1e-9, rtol=0)
+    np.testing.assert_allclose(router._models[0](raw), pipeline.predict_proba(raw), atol=1e-9, rtol=0)
 
 
 def test_temperature_and_label_order(tmp_path):
@@ -97,7 +97,7 @@ def test_temperature_and_label_order(tmp_path):
     expected = np.exp(logits - logits.max(axis=1, keepdims=True))
     expected /= expected.sum(axis=1, keepdims=True)
     order = [list(pipeline.classes_).index(x) for x in labels]
-    np.testing.assert_allclose(router._model(texts), expected[:, order], atol=1e-9, rtol=0)
+    np.testing.assert_allclose(router._models[0](texts), expected[:, order], atol=1e-9, rtol=0)
 
 
 def test_binary_classifier(tmp_path):
@@ -106,14 +106,14 @@ def test_binary_classifier(tmp_path):
     pipeline = tfidf_pipeline().fit([texts[i] for i in keep], [labels[i] for i in keep])
     router = export_and_load(pipeline, tmp_path, ["flight", "oos"])
     raw = held_out()
-    np.testing.assert_allclose(router._model(raw), pipeline.predict_proba(raw), atol=1e-9, rtol=0)
+    np.testing.assert_allclose(router._models[0](raw), pipeline.predict_proba(raw), atol=1e-9, rtol=0)
 
 
 def test_float32_coefficients(tmp_path):
     pipeline = fitted(tfidf_pipeline())
     router = export_and_load(pipeline, tmp_path, [str(c) for c in pipeline.classes_], coef_dtype="float32")
     raw = held_out()
-    np.testing.assert_allclose(router._model(raw), pipeline.predict_proba(raw), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(router._models[0](raw), pipeline.predict_proba(raw), atol=1e-5, rtol=0)
 
 
 def test_files_dict_and_contents(tmp_path):

@@ -15,7 +15,8 @@ from routers import (  # noqa: F401  (tfidf_folder, onnx_folder are fixtures)
     LABELS, make_onnx_router, make_tfidf_router, onnx_folder, tfidf_folder,
 )
 
-from routelet.serving.runtime import ONNX_BATCH, Router, RouterError
+from routelet.serving.onnx_model import ONNX_BATCH
+from routelet.serving.runtime import Router, RouterError
 
 KINDS = ["tfidf", "onnx"]
 
@@ -40,7 +41,7 @@ def test_routes_to_the_owning_route(router, text, route):
     assert (result["route"], result["abstain"]) == (route, False)
     assert result["target"] == {"banking": "assistant.banking", "travel": "assistant.travel"}[route]
     assert result["confidence"] == result["top_k"][0]["p"] > 0.55
-    assert result["model_version"] == router.model_version == router.info["model_version"]
+    assert result["model_version"] == router.model_version == router.info.model_version
     ps = [item["p"] for item in result["top_k"]]
     assert ps == sorted(ps, reverse=True) and len(ps) == 3 and sum(ps) == pytest.approx(1.0)
 
@@ -112,13 +113,13 @@ def test_a_single_string_is_refused(router):
 
 def test_token_type_ids_are_fed_when_declared(tmp_path, onnx_folder):
     with_types = Router.load(make_onnx_router(tmp_path / "t", token_type_ids=True))
-    assert "token_type_ids" in with_types._model.inputs
+    assert "token_type_ids" in with_types._models[0].inputs
     texts = ["balance", "flight airport", "zzz"]
     np.testing.assert_allclose(with_types.probs(texts), Router.load(onnx_folder).probs(texts))
 
 
 def test_threads_reach_onnxruntime(onnx_folder):
-    options = Router.load(onnx_folder, threads=2)._model.session.get_session_options()
+    options = Router.load(onnx_folder, threads=2)._models[0].session.get_session_options()
     assert (options.intra_op_num_threads, options.inter_op_num_threads) == (2, 1)
 
 
@@ -136,16 +137,24 @@ def _edit_json(path: Path, **changes) -> None:
     path.write_text(json.dumps(info))
 
 
+def _edit_tier(path: Path, **changes) -> None:
+    info = json.loads(path.read_text())
+    info["tiers"][0].update(changes)
+    path.write_text(json.dumps(info))
+
+
 BREAKAGES = {
     "missing router.json": (lambda f: (f / "router.json").unlink(), "router.json: file is missing"),
     "router.json not JSON": (lambda f: (f / "router.json").write_text("{nope"), "router.json: not valid JSON"),
-    "format_version 2": (lambda f: _edit_json(f / "router.json", format_version=2), "format_version 2"),
-    "unknown kind": (lambda f: _edit_json(f / "router.json", kind="xgboost"), "kind 'xgboost'"),
+    "format_version 1": (lambda f: _edit_json(f / "router.json", format_version=1), "format_version 1"),
+    "unknown kind": (lambda f: _edit_tier(f / "router.json", kind="xgboost"), "tiers.0.kind: Input should be"),
+    "tier without a model file": (lambda f: _edit_tier(f / "router.json", files={}), "files.model must name"),
+    "unknown field": (lambda f: _edit_json(f / "router.json", colour="red"), "colour: Extra inputs"),
     "label owned by no route": (
         lambda f: _edit_json(f / "router.json", labels=LABELS + ["extra"]), "belong to no route"),
     "route with unknown label": (
         lambda f: _edit_json(f / "router.json", routes=[{"name": "x", "labels": ["nope"]}]), "not in labels"),
-    "unknown reject route": (lambda f: _edit_json(f / "router.json", reject_route="nope"), "reject_route"),
+    "unknown reject route": (lambda f: _edit_json(f / "router.json", reject_route="nope"), "reject route 'nope'"),
     "other preprocess version": (
         lambda f: _edit_json(f / "router.json", preprocess_version="0"), "preprocess_version '0'"),
 }

@@ -15,6 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from routers import onnx_folder, tfidf_folder  # noqa: F401  (fixtures)
 
+from routelet.serving.router_format import RouterInfo
 from routelet.serving.runtime import Router, RouterError
 from routelet.serving.server import Limits, MicroBatcher, ServeError, create_app, is_loopback, serve
 
@@ -42,7 +43,7 @@ def test_single_text(client, router):
     assert response.status_code == 200
     result = response.json()
     assert result == router.route_one("my flight from the airport", top_k=2)
-    assert set(result) == {"route", "target", "confidence", "abstain", "top_k", "model_version"}
+    assert set(result) == {"route", "target", "confidence", "abstain", "top_k", "tier", "model_version"}
     assert result["route"] == "travel" and len(result["top_k"]) == 2
 
 
@@ -131,7 +132,7 @@ def test_api_key(router):
 
 def test_healthz_model_docs_and_playground(client, router, tfidf_folder):
     assert client.get("/healthz").json() == {"status": "ok", "model_version": "tfidf-test0001"}
-    assert client.get("/v1/model").json() == json.loads((tfidf_folder / "router.json").read_text())
+    assert client.get("/v1/model").json() == RouterInfo.read(tfidf_folder).model_dump(mode="json")
     assert client.get("/docs").status_code == 200
     assert "/v1/route" in client.get("/openapi.json").json()["paths"]
     page = client.get("/")

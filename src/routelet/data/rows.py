@@ -2,12 +2,21 @@
 
 `read_rows` validates every line and never drops one silently: a bad line becomes a `Rejected`
 naming file, line and reason, which `write_quarantine` keeps (redacted) for the user to fix.
+A problem with a whole file (unreadable, UTF-16 instead of UTF-8) is a `DataError`: one message
+naming the file and what to do.
+
+The contract, line by line: UTF-8 (a byte-order mark at the start of the file is allowed), one
+JSON object per line with each key once, a non-blank `text` of at most `max_chars` characters and
+a `label` of the taxonomy, neither holding control characters (tab, newline and carriage return
+excepted) or lone surrogates.
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +27,52 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from routelet.serving.preprocess import redact
 
 DEFAULT_MAX_CHARS = 2000
+RAW_KEPT = 2000  # characters of a rejected line kept in quarantine: bounded whatever the line's size
+SHOWN = 60  # characters of a user's value (a label, a key) quoted in a reason
+
+# C0 controls other than tab, newline and carriage return: a NUL in a text is a broken export,
+# never an intent. Lone surrogates cannot even be written back as UTF-8.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+# BOMs of the encodings a JSONL file is most often saved in by mistake (UTF-32 before UTF-16:
+# the UTF-32 LE mark starts with the UTF-16 LE one).
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "UTF-32LE"),
+    (codecs.BOM_UTF32_BE, "UTF-32BE"),
+    (codecs.BOM_UTF16_LE, "UTF-16LE"),
+    (codecs.BOM_UTF16_BE, "UTF-16BE"),
+)
+
+
+class DataError(Exception):
+    """A whole file or folder is unusable. The message is one line: the path, what is wrong, what
+    to do. `rejected` carries the lines rejected so far, so they can still be quarantined."""
+
+    def __init__(self, message: str, rejected: list[Rejected] | None = None):
+        super().__init__(" ".join(message.split()))
+        self.rejected = rejected or []
+
+
+def shown(value: object) -> str:
+    """A user's value quoted in a message: redacted and cut short."""
+    text = redact(str(value))
+    return repr(text if len(text) <= SHOWN else text[:SHOWN] + "…")
+
+
+def _clean(value: str, what: str) -> str:
+    if match := _CONTROL.search(value):
+        raise ValueError(
+            f"control character U+{ord(match.group()):04X} at character {match.start() + 1} of the {what}: "
+            "remove it (only tab, newline and carriage return are allowed)"
+        )
+    if match := _SURROGATE.search(value):
+        raise ValueError(
+            f"lone surrogate U+{ord(match.group()):04X} at character {match.start() + 1} of the {what}: "
+            "not valid Unicode, fix the \\u escape"
+        )
+    if not value.strip():
+        raise ValueError(f"{what} is empty")
+    return value
 
 
 class Row(BaseModel):
@@ -30,18 +85,22 @@ class Row(BaseModel):
 
     @field_validator("text")
     @classmethod
-    def _not_empty(cls, text: str) -> str:
-        if not text.strip():
-            raise ValueError("text is empty")
-        return text
+    def _text(cls, text: str) -> str:
+        return _clean(text, "text")
+
+    @field_validator("label")
+    @classmethod
+    def _label(cls, label: str | None) -> str | None:
+        return None if label is None else _clean(label, "label")
 
 
 @dataclass(frozen=True)
 class Rejected:
     file: str
     line: int
-    reason: str
-    raw: str
+    reason: str  # built from our words and `shown` values only: safe to print as is
+    raw: str  # at most RAW_KEPT characters of the line, not yet redacted
+    length: int = 0  # characters in the whole line, when `raw` is cut
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}: {self.reason}"
@@ -66,46 +125,103 @@ def read_rows(
     max_chars: int = DEFAULT_MAX_CHARS,
     require_label: bool = True,
 ) -> tuple[list[Sourced], list[Rejected]]:
-    """Read a JSONL file; return the valid rows and the rejected lines with their reasons."""
+    """Read a JSONL file; return the valid rows and the rejected lines with their reasons.
+    Raises DataError when the file cannot be read or is not UTF-8 as a whole."""
     path = Path(path)
     known = set(known_labels) if known_labels is not None else None
     rows: list[Sourced] = []
     rejected: list[Rejected] = []
-    with path.open("rb") as handle:
+    try:
+        handle = path.open("rb")
+    except OSError as error:
+        raise DataError(f"{path}: cannot read it ({error.strerror or error}): check the path and its permissions")
+    with handle:
+        _check_encoding(path, handle.read(4096))
+        handle.seek(0)
         for number, raw in enumerate(handle, start=1):
+            if number == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8):]  # a BOM at file start is how some editors save UTF-8
             if not raw.strip():
                 continue  # blank lines (a trailing newline) carry nothing to lose
             reason, row = _parse(raw, known, max_chars, require_label)
             if row is None:
-                rejected.append(Rejected(str(path), number, reason, raw.decode("utf-8", "replace").rstrip("\n")))
+                rejected.append(_rejected(path, number, reason, raw))
             else:
                 rows.append(Sourced(row, str(path), number))
     return rows, rejected
+
+
+def _rejected(path: Path, number: int, reason: str, raw: bytes) -> Rejected:
+    text = raw.decode("utf-8", "replace").rstrip("\r\n")
+    return Rejected(str(path), number, reason, text[:RAW_KEPT], len(text))
+
+
+def _check_encoding(path: Path, head: bytes) -> None:
+    """A file saved as UTF-16/32 would otherwise give one rejection per line and no hint."""
+    encoding = next((name for bom, name in _BOMS if head.startswith(bom)), None) or _nul_pattern(head)
+    if encoding:
+        raise DataError(
+            f"{path}: the file is {encoding}, not UTF-8: convert it, e.g. "
+            f"iconv -f {encoding} -t UTF-8 {path.name} > {path.stem}.utf8.jsonl"
+        )
+
+
+def _nul_pattern(head: bytes) -> str | None:
+    """UTF-16/32 without a BOM: ASCII text has a NUL beside nearly every character."""
+    if len(head) < 8 or head.count(0) < len(head) // 4:
+        return None  # a few NULs are a broken line, rejected on its own
+    if head.count(0) > len(head) * 2 // 3:
+        return "UTF-32LE" if head[0] else "UTF-32BE"
+    return "UTF-16LE" if head[1::2].count(0) > head[0::2].count(0) else "UTF-16BE"
+
+
+class _BadJson(ValueError):
+    pass
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json's object hook: a repeated key would silently keep only its last value."""
+    value: dict[str, Any] = {}
+    for key, item in pairs:
+        if key in value:
+            raise _BadJson(f"duplicate key {shown(key)}: name each field once")
+        value[key] = item
+    return value
+
+
+def _constant(name: str) -> None:
+    raise _BadJson(f"{name} is not JSON (Python's json writes it; standard JSON has no {name})")
 
 
 def _parse(raw: bytes, known: set[str] | None, max_chars: int, require_label: bool) -> tuple[str, Row | None]:
     try:
         line = raw.decode("utf-8")
     except UnicodeDecodeError as error:
-        return f"invalid UTF-8 at byte {error.start}", None
+        return f"invalid UTF-8 at byte {error.start} (Latin-1 or Windows-1252? re-save the file as UTF-8)", None
+    if line.startswith("\ufeff"):
+        return "a byte-order mark starts this line (files joined with cat?): remove it", None
     try:
-        value = json.loads(line)
+        value = json.loads(line, object_pairs_hook=_object, parse_constant=_constant)
+    except _BadJson as error:
+        return str(error), None
     except json.JSONDecodeError as error:
         return f"malformed JSON: {error.msg} (column {error.colno})", None
+    except RecursionError:
+        return "malformed JSON: nested too deeply", None
     if not isinstance(value, dict):
         return f"expected a JSON object, got {type(value).__name__}", None
     try:
         row = Row.model_validate(value)
     except ValidationError as error:
         first = error.errors()[0]
-        field = ".".join(str(part) for part in first["loc"]) or "row"
+        field = ".".join(redact(str(part))[:SHOWN] for part in first["loc"]) or "row"
         return f"{field}: {first['msg'].removeprefix('Value error, ')}", None
     if len(row.text) > max_chars:
-        return f"text has {len(row.text)} characters, over the limit of {max_chars}", None
+        return f"text has {len(row.text)} characters, over the limit of {max_chars} (data.max_chars)", None
     if require_label and row.label is None:
         return "label: missing", None
     if known is not None and row.label is not None and row.label not in known:
-        return f"unknown label {row.label!r}: not in the taxonomy", None
+        return f"unknown label {shown(row.label)}: not in the taxonomy (add it there or fix the row)", None
     return "", row
 
 
@@ -116,6 +232,8 @@ def write_quarantine(path: str | Path, rejected: Iterable[Rejected]) -> None:
     with path.open("w", encoding="utf-8") as out:
         for item in rejected:
             record = {"file": item.file, "line": item.line, "reason": item.reason, "raw": redact(item.raw)}
+            if item.length > len(item.raw):
+                record["raw_cut_from_chars"] = item.length
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 

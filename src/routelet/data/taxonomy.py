@@ -21,38 +21,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import Path
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
-# A handler name (`billing`, `handlers.billing:v2`) or a hub-style `org/model` id.
-TARGET_PATTERN = re.compile(r"^[A-Za-z0-9_][\w.:-]*(/[A-Za-z0-9_][\w.:-]*)?$")
-
-
-class Route(BaseModel):
-    name: str = Field(min_length=1)
-    description: str = ""
-    target: str | None = None
-    labels: list[str] = Field(default_factory=list)
-
-    @field_validator("target")
-    @classmethod
-    def _target_shape(cls, target: str | None) -> str | None:
-        if target is not None and not TARGET_PATTERN.match(target):
-            raise ValueError(
-                f"target {target!r} is neither a handler name (letters, digits, _ . : -) "
-                "nor an org/model id"
-            )
-        return target
-
-    @model_validator(mode="after")
-    def _owns_itself_by_default(self) -> Route:
-        if not self.labels:
-            self.labels = [self.name]
-        return self
+from routelet.serving.router_format import Route, check_routes, route_matrix
 
 
 class Taxonomy(BaseModel):
@@ -61,17 +36,7 @@ class Taxonomy(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> Taxonomy:
-        names = [route.name for route in self.routes]
-        if len(set(names)) != len(names):
-            raise ValueError(f"route names repeat: {sorted({n for n in names if names.count(n) > 1})}")
-        owners: dict[str, str] = {}
-        for route in self.routes:
-            for label in route.labels:
-                if label in owners:
-                    raise ValueError(f"label {label!r} belongs to both {owners[label]!r} and {route.name!r}")
-                owners[label] = route.name
-        if self.reject is not None and self.reject not in names:
-            raise ValueError(f"reject route {self.reject!r} is not one of the routes")
+        check_routes(self.routes, reject=self.reject)
         return self
 
     @property
@@ -91,11 +56,7 @@ class Taxonomy(BaseModel):
 
     def label_to_route_matrix(self, labels: list[str]) -> np.ndarray:
         """(len(labels), n_routes) 0/1 matrix: fine probabilities @ M = route probabilities."""
-        owner, column = self._owner(), {name: j for j, name in enumerate(self.route_names)}
-        matrix = np.zeros((len(labels), len(self.routes)), dtype=np.float32)
-        for i, label in enumerate(labels):
-            matrix[i, column[owner[label]]] = 1.0
-        return matrix
+        return route_matrix(labels, self.routes)
 
     def as_routes_only(self) -> Taxonomy:
         """The same routes, each owning only itself: for training on routes instead of labels."""

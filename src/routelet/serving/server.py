@@ -69,6 +69,7 @@ class RouteResult(BaseModel):
     confidence: float = Field(description="probability of the most likely route")
     abstain: bool
     top_k: list[TopRoute]
+    tier: str = Field(description="the tier (model family) that answered")
     model_version: str
 
 
@@ -217,7 +218,7 @@ def create_app(router: Router, api_key: str | None = None, limits: Limits = Limi
     app = FastAPI(
         title="routelet",
         version=router.model_version,
-        description=f"Router `{router.model_version}` ({router.info['kind']}): routes "
+        description=f"Router `{router.model_version}` (tiers: {', '.join(router.tier_names)}): routes "
         + ", ".join(r["name"] for r in router.routes) + ".",
     )
     key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False)
@@ -239,7 +240,7 @@ def create_app(router: Router, api_key: str | None = None, limits: Limits = Limi
 
     @app.get("/v1/model", dependencies=v1, summary="router.json of the served router")
     def model() -> dict:
-        return router.info
+        return router.info.model_dump(mode="json")
 
     @app.post(
         "/v1/route",
