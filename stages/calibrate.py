@@ -1,32 +1,32 @@
 """Stage calibrate: per family, fit a temperature on the calibration split, measure NLL, ECE and
-Brier before and after, and choose the abstain threshold from `calibrate.policy`.
+Brier before and after, choose the abstain threshold from `calibrate.policy`, and score the policy's
+outcome (what `export_onnx.ship: auto` ranks families by).
 
     python -m stages.calibrate
 
-Reads params `families`, `calibrate.*`; data/prepared; data/models/<family>. Writes
-report/calibration.json (temperatures, thresholds, before/after), DVC plot data under
-report/plots/ and figures under report/figures/.
+Reads params `train` (the families), `calibrate.*`; data/prepared; data/models/<family>. Writes
+report/calibration.json, DVC plot data under report/plots/ and figures under report/figures/.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
+from routelet.data.dataset import load_prepared
 from routelet.evaluation.calibration import (
     choose_threshold,
+    decisions,
     fit_temperature_routes,
     gate_only_probs,
+    policy_score,
     quality,
     reliability,
     risk_coverage,
 )
-from routelet.data.dataset import load_prepared
-from routelet.families import load_trained
-from routelet.params import load_params
 from routelet.evaluation.plots import reliability_figure, risk_coverage_figure
-
-PLOTS, FIGURES = Path("report/plots"), Path("report/figures")
+from routelet.families import load_trained
+from routelet.params import load_params, run
+from routelet.paths import CALIBRATION, FIGURES, PLOTS, PREPARED
 
 
 def calibrate_family(name: str, prepared, config: dict) -> tuple[dict, list, list]:
@@ -37,17 +37,17 @@ def calibrate_family(name: str, prepared, config: dict) -> tuple[dict, list, lis
     before = trained.to_routes(logits, prepared.taxonomy)
     temperature = fit_temperature_routes(lambda t: trained.to_routes(logits, prepared.taxonomy, t), y)
     after = trained.to_routes(logits, prepared.taxonomy, temperature)
-    policy = config["policy"]
-    chosen = choose_threshold(after, y, reject, policy["target"], policy["value"], policy["margin"])
-    gate_only = choose_threshold(gate_only_probs(after, reject), y, reject, policy["target"], policy["value"],
-                                 policy["margin"], reject_class=False)
+    target, value, margin = (config["policy"][key] for key in ("target", "value", "margin"))
+    chosen = choose_threshold(after, y, reject, target, value, margin)
+    gate_only = choose_threshold(gate_only_probs(after, reject), y, reject, target, value, margin, reject_class=False)
     result = {
         "temperature": round(temperature, 4),
         "threshold": round(chosen.threshold, 6),
         "margin": chosen.margin,
         "gate_only_threshold": round(gate_only.threshold, 6),
         "chosen_on": f"calibration split ({len(y)} rows, {int((~in_scope).sum())} out of scope), "
-                     f"target {policy['target']} >= {policy['value']}",
+                     f"target {target} >= {value}",
+        "selection": policy_score(decisions(after, y, reject, chosen), target, value, reject is not None),
         "before": quality(before, y, in_scope),
         "after": quality(after, y, in_scope),
     }
@@ -56,17 +56,19 @@ def calibrate_family(name: str, prepared, config: dict) -> tuple[dict, list, lis
 
 def main() -> None:
     params = load_params()
-    config = params["calibrate"]
-    prepared = load_prepared("data/prepared")
+    prepared = load_prepared(PREPARED)
     results, reliabilities, risks = {}, {}, {}
-    for name in params["families"]:
-        results[name], reliabilities[name], risks[name] = calibrate_family(name, prepared, config)
-        print(f"calibrate: {name}: T={results[name]['temperature']}, ECE {results[name]['before']['ece']:.4f} -> "
-              f"{results[name]['after']['ece']:.4f}, threshold {results[name]['threshold']:.3f}")
-    Path("report").mkdir(exist_ok=True)
-    Path("report/calibration.json").write_text(json.dumps(results, indent=2) + "\n")
+    for name in params["train"]:
+        results[name], reliabilities[name], risks[name] = calibrate_family(name, prepared, params["calibrate"])
+        cal = results[name]
+        print(f"calibrate: {name}: T={cal['temperature']}, ECE {cal['before']['ece']:.4f} -> {cal['after']['ece']:.4f}, "
+              f"threshold {cal['threshold']:.3f}, {cal['selection']['metric']} {cal['selection']['score']:.4f}")
+    CALIBRATION.parent.mkdir(exist_ok=True)
+    CALIBRATION.write_text(json.dumps(results, indent=2) + "\n")
     for kind, curves in (("reliability", reliabilities), ("risk_coverage", risks)):
         (PLOTS / kind).mkdir(parents=True, exist_ok=True)
+        for stale in (PLOTS / kind).glob("*.json"):  # a family dropped from params leaves no stale series
+            stale.unlink()
         for name, rows in curves.items():
             (PLOTS / kind / f"{name}.json").write_text(json.dumps(rows, indent=1) + "\n")
     reliability_figure(reliabilities, FIGURES / "reliability.png")
@@ -74,4 +76,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

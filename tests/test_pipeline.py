@@ -18,7 +18,45 @@ from tiny_encoder import build_tiny_encoder
 ROOT = Path(__file__).resolve().parents[1]
 GIT_IDENTITY = {f"GIT_{who}_{what}": value for who in ("AUTHOR", "COMMITTER")
                 for what, value in (("NAME", "routelet tests"), ("EMAIL", "tests@routelet.invalid"))}
-EMBEDDING_STAGES = ("train_embed", "train_setfit", "calibrate", "learning_curve", "export_onnx", "report")
+ENCODER_STAGES = ("encoder", "train@embed", "train@embed_routes", "train@centroid", "train@setfit", "calibrate",
+                  "learning_curve", "export_onnx", "report")
+TOY_FAMILY = '''"""A toy family, added the way the README says: this module and one REGISTRY line."""
+
+import pickle
+from pathlib import Path
+
+from routelet.families.base import Family
+
+
+class ToyFamily(Family):
+    """Word counts and multinomial naive Bayes."""
+
+    def __init__(self, alpha: float = 1.0, seed: int = 0) -> None:
+        self.alpha, self.seed = alpha, seed
+
+    def fit(self, texts, labels):
+        from sklearn.feature_extraction.text import CountVectorizer
+        from sklearn.naive_bayes import MultinomialNB
+        from sklearn.pipeline import make_pipeline
+
+        self.pipeline_ = make_pipeline(CountVectorizer(), MultinomialNB(alpha=self.alpha)).fit(texts, labels)
+        self.labels_ = [str(c) for c in self.pipeline_.classes_]
+        return self
+
+    def logits(self, texts):
+        return self.pipeline_.predict_log_proba(texts)
+
+    def save(self, folder):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / "model.pkl").write_bytes(pickle.dumps(self))
+
+    @classmethod
+    def load(cls, folder):
+        return pickle.loads((Path(folder) / "model.pkl").read_bytes())
+
+    def export(self, folder, out, temperature, options):
+        raise NotImplementedError("the toy family does not ship")
+'''
 pytestmark = pytest.mark.slow
 
 
@@ -61,7 +99,8 @@ def workspace(tmp_path_factory):
     params["encoders"]["tiny"] = {"modality": "text", "source": tiny, "max_length": 32}
     params["encoders"]["tiny2"] = {**params["encoders"]["tiny"], "layers": 1}
     params["report"]["latency_queries"] = 20
-    params["train_setfit"] |= {"max_steps": 4, "batch_size": 4, "max_seq_length": 16, "embed_batch_size": 16}
+    params["train"]["setfit"] |= {"max_steps": 4, "batch_size": 4, "max_seq_length": 16, "embed_batch_size": 16}
+    params["export_onnx"]["ship"] = "setfit"  # the int8 ONNX path end to end (auto is tested in test_ship.py)
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], work)
     run(["dvc", "init", "-q"], work)
@@ -70,22 +109,28 @@ def workspace(tmp_path_factory):
 
 def test_repro_trains_checks_reports_then_runs_nothing(workspace):
     first = run(["dvc", "repro"], workspace)
-    for stage in ("checkdata", "train_tfidf") + EMBEDDING_STAGES:
+    for stage in ("checkdata", "train@tfidf") + ENCODER_STAGES:
         assert f"Running stage '{stage}'" in first.stdout
     metrics = json.loads((workspace / "report" / "metrics.json").read_text())["holdout"]
-    assert set(metrics) >= {"tfidf", "embed", "embed_routes", "setfit", "router"}
+    assert set(metrics) == {"tfidf", "embed", "embed_routes", "centroid", "setfit", "router"}
+    timings = json.loads((workspace / "report" / "timings.json").read_text())["holdout"]
+    assert set(timings) == set(metrics) and all("p50_ms" in t and "p50_ms" not in metrics[n] for n, t in timings.items())
     router = json.loads((workspace / "data" / "router" / "router.json").read_text())
-    assert router["kind"] == "onnx" and router["reject_route"] == "oos" and router["hashes"]["taxonomy"]
-    assert router["quantization"] == {"int8": "dynamic", "outlier_channels": 4}  # ranges from the calib split
-    assert json.loads((workspace / "report" / "export.json").read_text())["int8"]["agreement"] >= 0.995
+    assert router["format_version"] == 2 and router["reject_route"] == "oos" and router["hashes"]["taxonomy"]
+    [tier] = router["tiers"]
+    assert tier["family"] == "setfit" and tier["kind"] == "onnx" and tier["encoder"]["fine_tuned"]
+    assert tier["quantization"] == {"int8": "dynamic", "outlier_channels": 4}  # ranges from the calib split
+    export = json.loads((workspace / "report" / "export.json").read_text())
+    assert export["dynamic"]["agreement"] >= 0.995 and export["choice"]["rule"] == "export_onnx.ship"
     assert metrics["tfidf"]["in_scope_accuracy"] > 0.8  # keyword data: TF-IDF should nail it
     for name in ("confusion.png", "reliability.png", "risk_coverage.png", "accuracy_vs_latency.png",
                  "learning_curve.png"):
         assert (workspace / "report" / "figures" / name).stat().st_size > 1000
     dag = run(["dvc", "dag", "--dot"], workspace).stdout
-    for edge in ('"checkdata" -> "train_tfidf"', '"checkdata" -> "train_embed"', '"train_tfidf" -> "calibrate"',
-                 '"train_embed" -> "calibrate"', '"calibrate" -> "report"'):
+    for edge in ('"checkdata" -> "train@tfidf"', '"encoder" -> "train@embed"', '"encoder" -> "train@setfit"',
+                 '"train@tfidf" -> "calibrate"', '"train@embed" -> "calibrate"', '"calibrate" -> "report"'):
         assert edge in dag
+    assert '"encoder" -> "train@tfidf"' not in dag
 
     second = run(["dvc", "repro"], workspace)
     assert "Running stage" not in second.stdout
@@ -108,7 +153,7 @@ def test_experiments_rerun_only_what_the_encoder_touches(workspace):
 
     other = run(["dvc", "exp", "run", "-n", "tiny2", "-S", "model=tiny2"], workspace)
     ran = {line.split("'")[1] for line in other.stdout.splitlines() if line.startswith("Running stage")}
-    assert ran == set(EMBEDDING_STAGES)  # checkdata and train_tfidf do not use the encoder
+    assert ran == set(ENCODER_STAGES)  # checkdata and train@tfidf do not use the encoder
 
     experiments = json.loads(run(["dvc", "exp", "show", "--json"], workspace).stdout)
     names = [exp["revs"][0].get("name") for baseline in experiments for exp in baseline.get("experiments") or []]
@@ -117,6 +162,26 @@ def test_experiments_rerun_only_what_the_encoder_touches(workspace):
     diff = json.loads(run(["dvc", "metrics", "diff", "--json"], workspace).stdout)["report/metrics.json"]
     assert any(key.startswith("holdout.embed.") and not key.endswith("_ms") for key in diff)  # a new model's figures
     assert "holdout.tfidf.accuracy" not in diff  # TF-IDF was not retrained
+
+
+def test_a_new_family_is_one_module_and_one_registry_line(workspace):
+    (workspace / "src/routelet/families/toy.py").write_text(TOY_FAMILY)
+    registry = workspace / "src/routelet/families/__init__.py"
+    last = '    "centroid": "routelet.families.centroid:CentroidFamily",\n'
+    registry.write_text(registry.read_text().replace(last, last + '    "toy": "routelet.families.toy:ToyFamily",\n'))
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    params["train"]["toy"] = {"family": "toy", "input": "data/prepared", "alpha": 0.5}
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        ran = run(["dvc", "repro"], workspace).stdout
+        assert "Running stage 'train@toy'" in ran and "Running stage 'train@setfit'" not in ran
+        metrics = json.loads((workspace / "report" / "metrics.json").read_text())["holdout"]
+        assert metrics["toy"]["in_scope_accuracy"] > 0.5
+        assert "toy" in json.loads((workspace / "report" / "calibration.json").read_text())
+    finally:  # leave the workspace as the other tests expect it
+        del params["train"]["toy"]
+        (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        run(["dvc", "repro"], workspace)
 
 
 def test_bad_rows_are_named_quarantined_and_fail_the_run(workspace):

@@ -1,4 +1,4 @@
-"""SetfitModel on a tiny random-weight BERT built here: no network, a few seconds."""
+"""SetfitFamily on a tiny random-weight BERT built here: no network, a few seconds."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from tiny_encoder import build_tiny_encoder
 
 from routelet.families import encoders
 from routelet.families.encoders import EncoderSpec
-from routelet.families.setfit import SetfitModel, hard_negative_pool, sample_batches, use_bf16
+from routelet.families.setfit import SetfitFamily, hard_negative_pool, sample_batches, use_bf16
 
 TOPICS = {
     "weather": "rain sun cloud forecast snow wind storm",
@@ -46,13 +46,13 @@ def embedding_cache_in_tmp(tmp_path, monkeypatch):
     monkeypatch.setattr(encoders, "CACHE_ROOT", tmp_path / "cache")
 
 
-def fit(spec: EncoderSpec, **overrides) -> SetfitModel:
+def fit(spec: EncoderSpec, **overrides) -> SetfitFamily:
     params = dict(
         max_steps=6, batch_size=4, learning_rate=1e-3, hard_negatives=True, hard_negative_k=3, train_layers=None,
         precision="fp32", seed=0, progress=False,
     )
     texts, labels = synthetic(seed=1)
-    return SetfitModel(spec, **(params | overrides)).fit(texts, labels)
+    return SetfitFamily(spec, **(params | overrides)).fit(texts, labels)
 
 
 def test_fit_gives_logits_over_labels(tiny_encoder):
@@ -61,7 +61,7 @@ def test_fit_gives_logits_over_labels(tiny_encoder):
     logits = model.logits(texts)
     assert model.labels_ == sorted(TOPICS)
     assert logits.shape == (len(texts), 3)
-    coef, intercept = model.weights
+    coef, intercept = model.head_.coef, model.head_.intercept
     assert coef.shape == (3, 32) and coef.dtype == np.float32 and intercept.shape == (3,)
     assert len(model.loss_history_) == 6 and all(np.isfinite(model.loss_history_))
 
@@ -72,7 +72,7 @@ def test_save_load_round_trip(tiny_encoder, tmp_path):
     model = fit(tiny_encoder)
     model.save(tmp_path / "setfit")
     meta = json.loads((tmp_path / "setfit" / "model.json").read_text())
-    assert meta["family"] == "setfit" and meta["labels"] == model.labels_
+    assert meta["labels"] == model.labels_
     assert meta["hyperparams"]["max_steps"] == 6 and meta["encoder"]["name"] == "tiny"
     # The body is a plain sentence-transformers folder, pooling and normalisation included.
     modules = json.loads((tmp_path / "setfit" / "body" / "modules.json").read_text())
@@ -81,9 +81,9 @@ def test_save_load_round_trip(tiny_encoder, tmp_path):
     texts, _ = synthetic(seed=3, per_label=3)
     np.testing.assert_allclose(np.linalg.norm(body.encode(texts), axis=1), 1.0, rtol=1e-5)
 
-    loaded = SetfitModel.load(tmp_path / "setfit")
+    loaded = SetfitFamily.load(tmp_path / "setfit")
     assert loaded.labels_ == model.labels_
-    np.testing.assert_array_equal(loaded.weights[0], model.weights[0])
+    np.testing.assert_array_equal(loaded.head_.coef, model.head_.coef)
     np.testing.assert_allclose(loaded.logits(texts), model.logits(texts), rtol=0, atol=1e-6)
 
 

@@ -8,11 +8,12 @@ gate from an abstain policy, also on the calibration split, never on a holdout.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from scipy.optimize import minimize_scalar
 from sklearn.metrics import roc_auc_score
+
+from routelet.params import POLICY_TARGETS
+from routelet.serving.router_format import Policy
 
 
 EPS = 1e-12
@@ -72,24 +73,6 @@ def quality(probs: np.ndarray, y: np.ndarray, in_scope: np.ndarray) -> dict[str,
     return {key: round(value, 6) for key, value in figures.items()}
 
 
-@dataclass(frozen=True)
-class Policy:
-    """Abstain when the top route is the reject route, or its probability is under `threshold`,
-    or it leads the second route by less than `margin`."""
-
-    threshold: float = 0.0
-    margin: float = 0.0
-    reject_class: bool = True
-
-    def abstains(self, probs: np.ndarray, reject: int | None) -> np.ndarray:
-        ordered = np.sort(probs, axis=1)
-        top, second = ordered[:, -1], ordered[:, -2] if probs.shape[1] > 1 else np.zeros(len(probs))
-        gate = (top < self.threshold) | (top - second < self.margin)
-        if reject is not None and self.reject_class:
-            gate |= probs.argmax(axis=1) == reject
-        return gate
-
-
 def gate_only_probs(probs: np.ndarray, reject: int | None) -> np.ndarray:
     """Route probabilities with the reject route's mass removed and the rest renormalised:
     what a router with a confidence gate and no reject class would see."""
@@ -130,20 +113,22 @@ def choose_threshold(probs: np.ndarray, y: np.ndarray, reject: int | None, targe
     - `oos_recall` / `precision`: the smallest threshold whose out-of-scope recall / accuracy on
       accepted rows reaches `value`; the smallest keeps the most in-scope traffic.
     """
+    if target not in POLICY_TARGETS:
+        raise ValueError(f"calibrate.policy.target is {target!r}; choose one of: {', '.join(POLICY_TARGETS)}")
     if target == "in_scope_accuracy":
         # A gate is worth its in-scope cost only if it turns away one more out-of-scope row, so the
         # candidates sit just above those rows' confidences (not at 1.0 on an easy split).
         oos_top = probs[y == reject].max(axis=1) if reject is not None else np.zeros(0)
         gates = np.unique(np.concatenate([[0.0], np.nextafter(oos_top, 2.0)]))
         meeting = []
-        for gate in (Policy(float(t), margin, reject_class) for t in gates):
+        for gate in (Policy(threshold=float(t), margin=margin, reject_class=reject_class) for t in gates):
             result = decisions(probs, y, reject, gate)
             if result["in_scope_accuracy"] >= value:
                 meeting.append((np.nan_to_num(result["oos_recall"]), -gate.threshold, gate))
         # The most out-of-scope recall, then the lowest gate; no gate when none keeps the target.
-        return max(meeting, key=lambda m: m[:2])[2] if meeting else Policy(0.0, margin, reject_class)
+        return max(meeting, key=lambda m: m[:2])[2] if meeting else Policy(margin=margin, reject_class=reject_class)
     candidates = np.unique(np.concatenate([[0.0], probs.max(axis=1)]))
-    policies = [Policy(float(t), margin, reject_class) for t in candidates]
+    policies = [Policy(threshold=float(t), margin=margin, reject_class=reject_class) for t in candidates]
     if target == "expected_accuracy":
         def expected(policy: Policy) -> float:
             result = decisions(probs, y, reject, policy)
@@ -153,7 +138,7 @@ def choose_threshold(probs: np.ndarray, y: np.ndarray, reject: int | None, targe
     for policy in policies:
         if decisions(probs, y, reject, policy)[key] >= value:
             return policy
-    return Policy(float(candidates[-1]) + 1e-6, margin, reject_class)
+    return Policy(threshold=min(1.0, float(candidates[-1]) + 1e-6), margin=margin, reject_class=reject_class)
 
 
 def risk_coverage(probs: np.ndarray, y: np.ndarray, points: int = 50) -> list[dict[str, float]]:
@@ -174,3 +159,24 @@ def oos_auroc(probs: np.ndarray, y: np.ndarray, reject: int | None) -> float:
         return float("nan")
     score = np.delete(probs, reject, axis=1).max(axis=1)
     return float(roc_auc_score((y != reject).astype(int), score))
+
+
+def policy_score(result: dict[str, float], target: str, value: float, has_reject: bool) -> dict:
+    """How well a family did under the abstain policy on the calibration split, as one number to
+    rank families by (higher is better) and whether it met the policy's target. What the policy
+    maximises is the score: out-of-scope recall under an in-scope accuracy floor, expected accuracy,
+    in-scope accuracy under an out-of-scope recall floor, coverage under a precision floor. Without
+    a reject route there is nothing out of scope: in-scope accuracy is the score."""
+    in_scope, oos = result["in_scope_accuracy"], np.nan_to_num(result["oos_recall"])
+    if not has_reject:
+        metric, meets = "in_scope_accuracy", target != "precision" or result["accepted_precision"] >= value
+    elif target == "in_scope_accuracy":
+        metric, meets = "oos_recall", in_scope >= value
+    elif target == "expected_accuracy":
+        return {"metric": "expected_accuracy", "score": round((1 - value) * in_scope + value * oos, 6),
+                "meets_target": True}
+    elif target == "oos_recall":
+        metric, meets = "in_scope_accuracy", oos >= value
+    else:
+        metric, meets = "coverage", result["accepted_precision"] >= value
+    return {"metric": metric, "score": round(float(np.nan_to_num(result[metric])), 6), "meets_target": bool(meets)}

@@ -12,7 +12,7 @@ from collections import defaultdict
 import numpy as np
 
 from routelet.data.dataset import Prepared
-from routelet.families import Trained
+from routelet.families import Trained, training_labels
 
 
 def sample_per_label(texts: list[str], labels: list[str], per_label: int | None, seed: int) -> tuple[list[str], list[str]]:
@@ -41,12 +41,13 @@ def score(trained: Trained, prepared: Prepared) -> dict[str, float]:
     return result
 
 
-def learning_curve(make_model, prepared: Prepared, sizes: list[int | None], seed: int, name: str) -> list[dict]:
-    """One point per size: `make_model()` builds an unfitted model of the family."""
+def learning_curve(make_family, prepared: Prepared, sizes: list[int | None], seed: int, name: str) -> list[dict]:
+    """One point per size: `make_family()` builds an unfitted family and its label level."""
     points = []
     for size in sizes:
         texts, labels = sample_per_label(prepared.texts("train"), prepared.labels("train"), size, seed)
-        trained = Trained(name, make_model().fit(texts, labels), "fine")
+        family, level = make_family()
+        trained = Trained(name, family.fit(texts, training_labels(labels, prepared.taxonomy, level)), level)
         per_label = size if size is not None else int(np.median(list(_counts(labels).values())))
         points.append({"family": name, "per_label": per_label, "rows": len(texts), **score(trained, prepared)})
     return points

@@ -9,23 +9,16 @@ from pathlib import Path
 
 import numpy as np
 
-from routelet.evaluation.calibration import Policy, decisions, ece, gate_only_probs, oos_auroc
+from routelet.evaluation.calibration import decisions, ece, gate_only_probs, oos_auroc
 from routelet.evaluation.metrics import classification
-
-
-def final_routes(probs: np.ndarray, reject: int | None, policy: Policy) -> np.ndarray:
-    """The decision a caller gets: the top route, or the reject route when the policy abstains."""
-    predicted = probs.argmax(axis=1)
-    if reject is not None:
-        predicted = np.where(policy.abstains(probs, reject), reject, predicted)
-    return predicted
+from routelet.serving.router_format import Policy
 
 
 def evaluate(probs: np.ndarray, y: np.ndarray, names: list[str], reject: int | None, calibration: dict) -> dict:
     """Headline metrics (with the chosen policy), the abstention comparison and calibration."""
-    policy = Policy(calibration["threshold"], calibration["margin"], reject_class=True)
+    policy = Policy(threshold=calibration["threshold"], margin=calibration["margin"])
     in_scope = y != reject if reject is not None else np.ones(len(y), bool)
-    detail = classification(y, final_routes(probs, reject, policy), names)
+    detail = classification(y, policy.decide(probs, reject), names)
     headline = {
         "accuracy": detail["accuracy"],
         "macro_f1": detail["macro_f1"],
@@ -41,9 +34,10 @@ def evaluate(probs: np.ndarray, y: np.ndarray, names: list[str], reject: int | N
         }
         n_in, n_out = int(in_scope.sum()), int((~in_scope).sum())
         detail["in_scope_accuracy_n"], detail["oos_recall_n"] = n_in, n_out
-        class_only = decisions(probs, y, reject, Policy(0.0, 0.0, True))
+        class_only = decisions(probs, y, reject, Policy())
         gate_only = decisions(gate_only_probs(probs, reject), y, reject,
-                              Policy(calibration["gate_only_threshold"], calibration["margin"], reject_class=False))
+                              Policy(threshold=calibration["gate_only_threshold"], margin=calibration["margin"],
+                                     reject_class=False))
         detail["abstention"] = {
             "reject_class_only": _rounded(class_only),
             "confidence_gate_only": _rounded(gate_only),

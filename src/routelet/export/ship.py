@@ -1,13 +1,16 @@
-"""Turn a trained, calibrated family into the router folder that ships, and gate it on parity.
+"""Pick the family that ships, turn it into the router folder, and gate it on parity.
 
-`build_router` writes the model files (int8 ONNX for encoder families, numpy arrays for TF-IDF)
-and router.json, the one description of a shipped model; `parity_report` compares the exported
-router with the trained model on the same texts.
+    name, choice = choose_family(calibration, "auto", {name: trained.model for ...}, tie=0.002)
+    info = build_router(trained, MODELS / name, calibration[name], taxonomy, options, staged, hashes)
+
+`choose_family` ranks families by the score their abstain policy reached on the calibration split
+(never the holdout), ties to the one without an encoder (the faster). `build_router` writes the
+family's model files and router.json (routelet.serving.router_format), the one description of a
+shipped model.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from datetime import datetime, timezone
@@ -16,72 +19,84 @@ from pathlib import Path
 import numpy as np
 
 from routelet.data.rows import sha256_file
-from routelet.export.onnx import build_onnx_router, onnx_probs, parity
-from routelet.export.tfidf import export_tfidf
+from routelet.export.onnx import onnx_probs
+from routelet.export.parity import check_parity, route_parity
 from routelet.families import Trained
-from routelet.families.models import softmax
+from routelet.families.base import ExportOptions, Family
 from routelet.serving.preprocess import PREPROCESS_VERSION
-from routelet.data.taxonomy import Taxonomy
+from routelet.serving.router_format import FORMAT_VERSION, Policy, RouterInfo, TextInput, Tier, softmax
+from routelet.serving.runtime import Router
 
 
-def encoder_folder(trained: Trained, model_folder: Path) -> str:
-    """Where the family's sentence encoder lives: the frozen one, or SetFit's fine-tuned body."""
-    return str(model_folder / "body") if trained.model.family == "setfit" else trained.model.encoder.resolve()
+def choose_family(calibration: dict, ship: str, families: dict[str, Family], tie: float = 0.0) -> tuple[str, dict]:
+    """The family to ship and why: `ship` itself unless it is "auto". Auto: among the families whose
+    policy met its target on the calibration split (all, if none did), those within `tie` of the
+    best score; of those, one without an encoder if any (faster), then the best score."""
+    scores = {name: calibration[name]["selection"] for name in families}
+    if ship != "auto":
+        return ship, {"rule": "export_onnx.ship", "scores": scores}
+    pool = [n for n in families if scores[n]["meets_target"]] or list(families)
+    best = max(scores[n]["score"] for n in pool)
+    tied = [n for n in pool if scores[n]["score"] >= best - tie]
+    winner = min(tied, key=lambda n: (families[n].uses_encoder, -scores[n]["score"]))
+    others = sorted((scores[n]["score"] for n in families if n != winner), reverse=True)
+    return winner, {"rule": "auto: best calibration-split score under the abstain policy, ties to the faster",
+                    "score": scores[winner]["score"], "metric": scores[winner]["metric"],
+                    "margin_over_next": round(scores[winner]["score"] - others[0], 6) if others else None,
+                    "scores": scores}
 
 
-def encoder_layers(trained: Trained) -> int | None:
-    """The depth cut a frozen encoder is used at; SetFit saved its body already cut."""
-    return None if trained.model.family == "setfit" else trained.model.encoder.layers
-
-
-def max_length(trained: Trained) -> int:
-    """Token truncation the model was trained with: SetFit fine-tunes at its own length."""
-    if trained.model.family == "setfit":
-        return trained.model.max_seq_length
-    return trained.model.encoder.max_length
-
-
-def export_model(trained: Trained, model_folder: Path, temperature: float, out: Path, keep_fp32: bool = False,
-                 int8: str = "dynamic", calibration: list[str] | None = None, outlier_channels: int = 4) -> dict:
-    """Write the model files into `out`; return router.json's `kind`, `files` and (encoder families)
-    `quantization`. int8, calibration and outlier_channels go to build_onnx_router."""
-    if trained.model.family == "tfidf":
-        files = export_tfidf(trained.model.pipeline_, out, temperature, labels=trained.model.labels_,
-                             coef_dtype="float32")
-        return {"kind": "tfidf", "files": files}
-    coef, intercept = trained.model.weights
-    files = build_onnx_router(encoder_folder(trained, model_folder), coef, intercept, temperature, out,
-                              max_length=max_length(trained), keep_fp32=keep_fp32, layers=encoder_layers(trained),
-                              int8=int8, calibration=calibration, outlier_channels=outlier_channels)
-    quantization = {"int8": int8, "outlier_channels": outlier_channels if calibration and int8 == "dynamic" else 0}
-    return {"kind": "onnx", "files": files, "quantization": quantization}
-
-
-def router_info(trained: Trained, taxonomy: Taxonomy, calibration: dict, exported: dict, hashes: dict,
-                metrics: dict, out: Path) -> dict:
+def build_router(trained: Trained, folder: Path, calibration: dict, taxonomy, options: ExportOptions, out: Path,
+                 hashes: dict[str, str], metrics: dict | None = None) -> RouterInfo:
+    """Export `trained` (its trained folder is `folder`) into `out` and write router.json there."""
+    model = trained.model
+    exported = model.export(folder, out, calibration["temperature"], options)
+    tier = Tier(family=trained.name, temperature=calibration["temperature"], **exported)
     view = trained.taxonomy_view(taxonomy)
-    encoder = getattr(trained.model, "encoder", None)
-    return {
-        "format_version": 1,
-        "kind": exported["kind"],
-        "family": trained.name,
-        "model_version": f"{trained.name}-{sha256_file(out / exported['files']['model'])[:8]}",
-        "labels": list(trained.model.labels_),
-        "routes": [route.model_dump() for route in view.routes],
-        "reject_route": view.reject,
-        "temperature": calibration["temperature"],
-        "abstain": {"threshold": calibration["threshold"], "margin": calibration["margin"],
-                    "chosen_on": calibration["chosen_on"]},
-        "max_length": max_length(trained) if encoder is not None else None,
-        "preprocess_version": PREPROCESS_VERSION,
-        "encoder": None if encoder is None else {"name": encoder.name, "source": encoder.source,
-                                                "fine_tuned": trained.model.family == "setfit"},
-        "hashes": hashes,
-        "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "metrics": metrics,
-        "quantization": exported.get("quantization"),
-        "files": exported["files"],
-    }
+    info = RouterInfo(
+        format_version=FORMAT_VERSION,
+        model_version=f"{trained.name}-{sha256_file(out / tier.files['model'])[:8]}",
+        family=trained.name,
+        labels=list(model.labels_),
+        routes=view.routes,
+        reject_route=view.reject,
+        input=TextInput(tokenizer=tier.files.get("tokenizer"), max_length=model.max_length()),
+        preprocess_version=PREPROCESS_VERSION,
+        abstain=Policy(threshold=calibration["threshold"], margin=calibration["margin"],
+                       chosen_on=calibration["chosen_on"]),
+        tiers=[tier],
+        hashes=hashes,
+        metrics=metrics or {},
+        exported_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    info.write(out)
+    return info
+
+
+def export_checked(trained: Trained, folder: Path, calibration: dict, taxonomy, options: ExportOptions, out: Path,
+                   hashes: dict[str, str], texts: list[str], config: dict) -> tuple[RouterInfo, dict, np.ndarray]:
+    """build_router, then the parity gate on `texts` (the holdout) through the runtime exactly as
+    served: route agreement with the trained model at least `config["min_agreement"]`. For encoder
+    families fp32 is checked too (`check_fp32`), to tell int8's loss from an export bug; with
+    `fallback_fp32` an int8 router under the floor is replaced by the fp32 export, said in router.json.
+    Returns (router.json, the gate per variant, the shipped fine-label probabilities)."""
+    reference = trained_probs(trained, texts, calibration["temperature"])
+    to_routes = trained.taxonomy_view(taxonomy).label_to_route_matrix(trained.model.labels_)
+    info = build_router(trained, folder, calibration, taxonomy, options, out, hashes)
+    shipped = Router.load(out).probs(texts)
+    variant = options.int8 if info.tiers[0].kind == "onnx" else "numpy"
+    gate = {variant: route_parity(reference, shipped, to_routes)}
+    if variant not in ("numpy", "fp32") and (config["check_fp32"] or config["fallback_fp32"]):
+        gate["fp32"] = route_parity(reference, fp32_probs(trained, folder, calibration["temperature"], texts), to_routes)
+        if gate[variant]["agreement"] < config["min_agreement"] and config["fallback_fp32"]:
+            shutil.rmtree(out)
+            info = build_router(trained, folder, calibration, taxonomy, ExportOptions(int8="fp32"), out, hashes)
+            info.tiers[0].quantization = {"int8": "fp32", "fallback_from": variant,
+                                          "int8_agreement": gate[variant]["agreement"]}
+            info.write(out)
+            shipped, variant = Router.load(out).probs(texts), "fp32"
+    check_parity(gate[variant], config["min_agreement"], what=f"{variant} router")
+    return info, gate, shipped
 
 
 def trained_probs(trained: Trained, texts: list[str], temperature: float) -> np.ndarray:
@@ -89,24 +104,8 @@ def trained_probs(trained: Trained, texts: list[str], temperature: float) -> np.
     return softmax(trained.model.logits(texts), temperature)
 
 
-def fp32_probs(trained: Trained, model_folder: Path, temperature: float, texts: list[str]) -> np.ndarray:
+def fp32_probs(trained: Trained, folder: Path, temperature: float, texts: list[str]) -> np.ndarray:
     """Export once more without quantisation, to tell int8's loss from an export bug."""
     with tempfile.TemporaryDirectory() as scratch:
-        coef, intercept = trained.model.weights
-        build_onnx_router(encoder_folder(trained, model_folder), coef, intercept, temperature, scratch,
-                          max_length=max_length(trained), quantize=False, layers=encoder_layers(trained))
+        trained.model.export(folder, Path(scratch), temperature, ExportOptions(int8="fp32"))
         return onnx_probs(scratch, texts)
-
-
-def replace_folder(staged: Path, target: Path) -> None:
-    """Swap the finished router in only after it passed: a failed export never leaves half a folder."""
-    if target.exists():
-        shutil.rmtree(target)
-    shutil.move(str(staged), str(target))
-
-
-def route_parity(reference: np.ndarray, candidate: np.ndarray, to_routes: np.ndarray) -> dict:
-    """Parity of the routes (fine probabilities summed per route), with fine-label agreement beside."""
-    report = parity(reference @ to_routes, candidate @ to_routes)
-    report["label_agreement"] = parity(reference, candidate)["agreement"]
-    return {k: round(v, 6) if isinstance(v, float) else v for k, v in report.items()}

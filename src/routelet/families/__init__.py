@@ -1,61 +1,109 @@
-"""Trained models on disk: which family, which label level, and route probabilities from them.
+"""Model families: the registry, building one from params.yaml, and trained models on disk.
 
-A model trains on fine labels (routes by summing their probabilities) or directly on routes;
-`family.json` in its folder records which, so calibrate, report and export never guess.
+    family, level = build_family("setfit", params["train"]["setfit"], seed=0, encoder=spec)
+    save_trained("setfit", family.fit(texts, labels), level)
+    load_trained("setfit").route_probs(texts, taxonomy, temperature)
+
+Adding a family is one module (a `Family` subclass, see base.py) and one line in REGISTRY; an
+entry under params.yaml `train` trains it. A model trains on fine labels (routes by summing their
+probabilities) or directly on routes; `family.json` in its folder records which.
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from routelet.families.models import EmbedModel, TfidfModel, softmax
-from routelet.data.taxonomy import Taxonomy
+from routelet.families.base import Family
+from routelet.params import ConfigError
+from routelet.paths import MODELS
+from routelet.serving.router_format import softmax
 
-MODELS = Path("data/models")
+# name -> "module:class". The class is imported only when used: SetFit's torch stays unloaded for TF-IDF.
+REGISTRY = {
+    "tfidf": "routelet.families.tfidf:TfidfFamily",
+    "embed": "routelet.families.embed:EmbedFamily",
+    "setfit": "routelet.families.setfit:SetfitFamily",
+    "centroid": "routelet.families.centroid:CentroidFamily",
+}
+# Keys of a params.yaml `train.<name>` entry that are not the family's own hyperparameters.
+ENTRY_KEYS = ("family", "level", "input")
 
 
-def _kinds() -> dict[str, type]:
-    from routelet.families.setfit import SetfitModel  # torch-heavy: only when a SetFit model is loaded
+def family_class(kind: str) -> type[Family]:
+    if kind not in REGISTRY:
+        raise ConfigError(f"family {kind!r} is not registered; choose one of: {', '.join(sorted(REGISTRY))}")
+    module, name = REGISTRY[kind].split(":")
+    return getattr(importlib.import_module(module), name)
 
-    return {"tfidf": TfidfModel, "embed": EmbedModel, "setfit": SetfitModel}
+
+def family_kind(model: Family) -> str:
+    path = f"{type(model).__module__}:{type(model).__name__}"
+    return next(kind for kind, where in REGISTRY.items() if where == path)
+
+
+def build_family(name: str, entry: dict, seed: int, encoder=None) -> tuple[Family, str]:
+    """An unfitted family from its params.yaml entry `train.<name>`, and its label level."""
+    cls = family_class(entry.get("family", name))
+    settings = {key: value for key, value in entry.items() if key not in ENTRY_KEYS}
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "encoder", "seed"}
+    unknown = sorted(set(settings) - accepted)
+    if unknown:
+        raise ConfigError(f"params.yaml train.{name}: unknown setting {unknown[0]!r} for family "
+                         f"{entry.get('family', name)!r}; it takes: {', '.join(sorted(accepted))}")
+    if cls.uses_encoder:
+        if encoder is None:
+            raise ConfigError(f"params.yaml train.{name}: family {entry.get('family', name)!r} needs an encoder")
+        settings["encoder"] = encoder
+    return cls(seed=seed, **settings), entry.get("level", "fine")
 
 
 @dataclass
 class Trained:
     name: str
-    model: object
+    model: Family
     level: str  # "fine" or "route"
 
-    def taxonomy_view(self, taxonomy: Taxonomy) -> Taxonomy:
+    def taxonomy_view(self, taxonomy):
         return taxonomy if self.level == "fine" else taxonomy.as_routes_only()
 
-    def route_probs(self, texts: list[str], taxonomy: Taxonomy, temperature: float = 1.0) -> np.ndarray:
+    def route_probs(self, texts: list[str], taxonomy, temperature: float = 1.0) -> np.ndarray:
         return self.to_routes(self.model.logits(texts), taxonomy, temperature)
 
-    def to_routes(self, logits: np.ndarray, taxonomy: Taxonomy, temperature: float = 1.0) -> np.ndarray:
+    def to_routes(self, logits: np.ndarray, taxonomy, temperature: float = 1.0) -> np.ndarray:
         matrix = self.taxonomy_view(taxonomy).label_to_route_matrix(self.model.labels_)
         return softmax(logits, temperature) @ matrix
 
 
-def training_labels(labels: list[str], taxonomy: Taxonomy, level: str) -> list[str]:
+def training_labels(labels: list[str], taxonomy, level: str) -> list[str]:
     return labels if level == "fine" else [taxonomy.route_of(label) for label in labels]
 
 
-def save_trained(name: str, model, level: str, folder: str | Path | None = None) -> Path:
+def save_trained(name: str, model: Family, level: str, folder: str | Path | None = None) -> Path:
     folder = Path(folder or MODELS / name)
     model.save(folder)
-    (folder / "family.json").write_text(json.dumps({"name": name, "kind": model.family, "level": level}) + "\n")
+    (folder / "family.json").write_text(json.dumps({"name": name, "family": family_kind(model), "level": level}) + "\n")
     return folder
+
+
+def _family_info(folder: Path) -> dict:
+    info_path = folder / "family.json"
+    if not info_path.is_file():
+        raise FileNotFoundError(f"{folder}: no trained model here (family.json missing): run `dvc repro` first")
+    return json.loads(info_path.read_text())
+
+
+def trained_class(name: str, folder: str | Path | None = None) -> type[Family]:
+    """The family class of a trained model, without loading its weights."""
+    return family_class(_family_info(Path(folder or MODELS / name))["family"])
 
 
 def load_trained(name: str, folder: str | Path | None = None) -> Trained:
     folder = Path(folder or MODELS / name)
-    info_path = folder / "family.json"
-    if not info_path.is_file():
-        raise FileNotFoundError(f"{folder}: no trained model here (family.json missing): run `dvc repro` first")
-    info = json.loads(info_path.read_text())
-    return Trained(info["name"], _kinds()[info["kind"]].load(folder), info["level"])
+    info = _family_info(folder)
+    return Trained(info["name"], family_class(info["family"]).load(folder), info["level"])

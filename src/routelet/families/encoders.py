@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import json
 import os
 import socket
 from dataclasses import dataclass
@@ -43,9 +44,28 @@ class EncoderSpec:
 
     @classmethod
     def from_registry(cls, name: str, registry: dict[str, dict]) -> EncoderSpec:
+        from routelet.params import ConfigError
+
         if name not in registry:
-            raise KeyError(f"model {name!r} is not in the encoders registry of params.yaml (known: {sorted(registry)})")
+            raise ConfigError(f"params.yaml: model is {name!r}, not in `encoders`; choose one of: "
+                              f"{', '.join(sorted(registry))}")
+        fields = set(cls.__dataclass_fields__) - {"name"}
+        unknown = sorted(set(registry[name]) - fields)
+        if unknown or "source" not in registry[name]:
+            problem = f"unknown key {unknown[0]!r}" if unknown else "no `source`"
+            raise ConfigError(f"params.yaml: encoders.{name} has {problem}; its keys are: {', '.join(sorted(fields))}")
         return cls(name=name, **registry[name])
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.__dict__, indent=2) + "\n")
+
+    @classmethod
+    def read(cls, path: Path) -> EncoderSpec:
+        """The spec the encoder stage resolved (data/encoder.json)."""
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing; run `dvc repro encoder` (it resolves params.yaml `model`)")
+        return cls(**json.loads(path.read_text()))
 
     def resolve(self) -> str:
         """A local folder for `package:<module>` and folder sources; the hub id otherwise."""

