@@ -17,13 +17,17 @@ Behaviours (one per request: the scripted queue first, then `behaviour(text)`, t
   server_error      500
   overloaded        529
   delay:S           sleep S seconds, then answer (longer than the client timeout: a timeout)
+  hang              no answer until the server stops (then a 500): a request in flight when the
+                    client is killed, never counted as answered
   malformed         a tool_use whose input is missing the label field
   broken_body       200 with a body that is not JSON
   off_taxonomy      a tool_use with a label that is not in the enum
   refusal           stop_reason "refusal" and a text block, no tool_use
   unauthorized      401
+  bad_request       400 (e.g. a prompt too long)
 Batches: POST /v1/messages/batches, GET .../{id} (ended after `batch_polls` retrieves),
-GET .../{id}/results (JSONL). A batch request whose behaviour is "server_error" ends "errored".
+GET .../{id}/results (JSONL). A batch request whose behaviour is "server_error" ends "errored";
+`failing_creates = n` answers the next n batch creations with a 500.
 FakeOpenAI answers POST /v1/chat/completions with `content(text)` as the message content.
 """
 
@@ -87,18 +91,21 @@ class _Server:
         self.lock = threading.Lock()
         self.requests: list[dict] = []
         self._queue: deque[str] = deque()
+        self.release = threading.Event()  # ends every "hang"
         self._http = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self._http.daemon_threads = True
         self._http.block_on_close = False
         self._http.owner = self
         self.url = f"http://127.0.0.1:{self._http.server_address[1]}"
-        self._thread = threading.Thread(target=self._http.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._http.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True)
 
     def __enter__(self):
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
+        self.release.set()
         self._http.shutdown()
         self._http.server_close()
 
@@ -137,8 +144,13 @@ class _Server:
             return self._error(529, "overloaded_error")
         if name == "unauthorized":
             return self._error(401, "authentication_error")
+        if name == "bad_request":
+            return self._error(400, "invalid_request_error")
         if name == "broken_body":
             return 200, {"content-type": "application/json"}, b'{"id": "msg_1", "content": [{"type": "tool_'
+        if name == "hang":
+            self.release.wait(120)
+            return self._error(500, "api_error")
         if name == "delay":
             time.sleep(float(arg))
         return None
@@ -151,6 +163,7 @@ class FakeAnthropic(_Server):
         self.answer, self.behaviour, self.batch_polls = answer, behaviour, batch_polls
         self.answered: Counter[str] = Counter()  # 200 answers per request text: what was paid for
         self.batches: dict[str, dict] = {}
+        self.failing_creates = 0
         self._cached_systems: set[str] = set()
 
     def respond(self, method: str, path: str, raw: bytes):
@@ -158,6 +171,10 @@ class FakeAnthropic(_Server):
             body = json.loads(raw)
             return self._message_response(body, self._next_behaviour(request_text(body)))
         if method == "POST" and path == "/v1/messages/batches":
+            with self.lock:
+                fail, self.failing_creates = self.failing_creates > 0, max(0, self.failing_creates - 1)
+            if fail:
+                return self._error(500, "api_error")
             return self._json(200, self._create_batch(json.loads(raw)["requests"]))
         match = re.fullmatch(r"/v1/messages/batches/([\w-]+)(/results)?", path)
         if method == "GET" and match and match.group(1) in self.batches:

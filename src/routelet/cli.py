@@ -63,6 +63,18 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _llm_baseline_arguments(parser: argparse.ArgumentParser) -> None:
+    from routelet.llm.command import add_arguments  # argparse only: the teacher loads in run
+
+    add_arguments(parser)
+
+
+def _llm_baseline(args: argparse.Namespace) -> int:
+    from routelet.llm.command import run
+
+    return run(args)
+
+
 COMMANDS: dict[str, tuple[str, str, Callable, Callable]] = {
     "route": (
         "route texts with a router folder and print one JSON line per text",
@@ -84,6 +96,16 @@ COMMANDS: dict[str, tuple[str, str, Callable, Callable]] = {
         "\nAPI docs are at /docs. Binding a non-loopback host requires --api-key or $ROUTELET_API_KEY.",
         _serve_arguments,
         _serve,
+    ),
+    "llm-baseline": (
+        "score an LLM (Claude, or any OpenAI-compatible endpoint) on the holdout into report/baselines.json",
+        "examples:\n"
+        "  routelet llm-baseline                                  # Claude, settings from params.yaml ingest.teacher\n"
+        "  routelet llm-baseline --limit 500 --max-usd 1\n"
+        "  routelet llm-baseline --provider openai --base-url http://127.0.0.1:8000/v1 --model arch-router\n"
+        "\nAnswers are cached: a re-run pays only for rows not answered before.",
+        _llm_baseline_arguments,
+        _llm_baseline,
     ),
 }
 

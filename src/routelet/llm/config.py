@@ -73,9 +73,10 @@ class Budget:
         self._lock = threading.Lock()
 
     def reserve(self, estimate_usd: float, n: int = 1) -> bool:
-        """Take n calls if they fit; a call is assumed to cost as much as the dearest one so far."""
+        """Take n calls if they fit; each is assumed to cost as much as the dearest one so far."""
         with self._lock:
-            per_call = max(estimate_usd, self._worst_call_usd)
+            # The first estimate is a pessimistic guess; after one answer, the invoice's own figures.
+            per_call = self._worst_call_usd if self._worst_call_usd > 0 else estimate_usd
             if self.max_calls is not None and self.calls + n > self.max_calls:
                 return False
             if self.max_usd is not None and self.usd + n * per_call > self.max_usd:
