@@ -22,3 +22,5 @@ TIMINGS = REPORT / "timings.json"
 DETAILS = REPORT / "details.json"
 BASELINES = REPORT / "baselines.json"
 BENCH = REPORT / "bench.json"
+SAMPLES = Path("data/samples")  # pulled.jsonl, manifest.json, quarantine.jsonl (append-only)
+PULL_SAMPLES = REPORT / "pull_samples.json"
