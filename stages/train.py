@@ -2,7 +2,7 @@
 
     python -m stages.train tfidf          # dvc.yaml runs one per entry of `train` (foreach)
 
-The entry names its `family` (a key of routelet.families.REGISTRY), the label `level` (fine, the
+The entry names its `family` (a module of routelet.families ending in a `FAMILY = ...` line), the label `level` (fine, the
 default: route by summing fine-label probabilities; or route) and its `input`: data/prepared for a
 family without an encoder, data/encoder.json for one that uses the `model` encoder. The rest are
 the family's hyperparameters. Writes data/models/<family>/.

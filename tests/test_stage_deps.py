@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from routelet import paths
-from routelet.families import REGISTRY
+from routelet.families import registered
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
@@ -79,9 +79,9 @@ def stage_modules(addressing: str, cmd: str) -> set[Path]:
         import yaml
 
         entry = yaml.safe_load((ROOT / "params.yaml").read_text())["train"][addressing.split("@")[1]]
-        roots.add(REGISTRY[entry["family"]].split(":")[0])
+        roots.add(f"routelet.families.{entry['family']}")
     elif "routelet.families" in roots:  # load_trained / build_family: any registered family
-        roots |= {where.split(":")[0] for where in REGISTRY.values()}
+        roots |= {f"routelet.families.{name}" for name in registered()}
     return closure(roots) | {script}
 
 

@@ -41,7 +41,7 @@ def _choose(where: str, value: Any, choices, path: Path) -> None:
 
 def check_params(params: dict, path: Path = PARAMS) -> None:
     """Fail before any work on a value no stage could use."""
-    from routelet.families import REGISTRY
+    from routelet.families import registered
 
     if not isinstance(params, dict):
         raise ConfigError(f"{path}: must be a mapping of sections")
@@ -52,11 +52,11 @@ def check_params(params: dict, path: Path = PARAMS) -> None:
     for name, entry in params["train"].items():
         if not isinstance(entry, dict):
             raise ConfigError(f"{path}: train.{name} must be a mapping of the family's settings")
-        for key, what in (("family", "a key of routelet.families.REGISTRY"),
+        for key, what in (("family", "a module of routelet.families with a FAMILY line"),
                           ("input", "data/prepared, or data/encoder.json for a family that uses the encoder")):
             if key not in entry:
                 raise ConfigError(f"{path}: train.{name} needs `{key}`: {what}")
-        _choose(f"train.{name}.family", entry["family"], sorted(REGISTRY), path)
+        _choose(f"train.{name}.family", entry["family"], registered(), path)
         _choose(f"train.{name}.level", entry.get("level", "fine"), ("fine", "route"), path)
     policy = params["calibrate"].get("policy") or {}
     _choose("calibrate.policy.target", policy.get("target"), POLICY_TARGETS, path)

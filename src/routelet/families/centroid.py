@@ -27,3 +27,6 @@ class CentroidFamily(EncoderFamily):
 
     def hyperparams(self) -> dict:
         return {**super().hyperparams(), "scale": self.scale}
+
+
+FAMILY = CentroidFamily

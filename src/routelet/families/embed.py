@@ -18,3 +18,6 @@ class EmbedFamily(EncoderFamily):
 
     def hyperparams(self) -> dict:
         return {**super().hyperparams(), "C": self.C}
+
+
+FAMILY = EmbedFamily

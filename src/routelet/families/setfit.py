@@ -394,3 +394,6 @@ class SetfitFamily(EncoderFamily):
         model.body_.eval()
         model.head_, model.labels_ = head, head.labels
         return model
+
+
+FAMILY = SetfitFamily

@@ -59,3 +59,6 @@ class TfidfFamily(Family):
 
         files = export_tfidf(self.pipeline_, out, temperature, labels=self.labels_, coef_dtype="float32")
         return {"kind": "tfidf", "files": files}
+
+
+FAMILY = TfidfFamily
