@@ -1,6 +1,8 @@
 """Stage calibrate: per family, fit a temperature on the calibration split, measure NLL, ECE and
 Brier before and after, choose the abstain threshold from `calibrate.policy`, and score the policy's
-outcome (what `export_onnx.ship: auto` ranks families by).
+outcome (what `export_onnx.ship: auto` ranks families by). A calibration split under
+`calibrate.cv_below` rows (a few examples per route) is too small to fit on: then the figures come
+from out-of-fold logits over train + calibration, each family refitted per fold.
 
     python -m stages.calibrate
 
@@ -12,27 +14,50 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 from routelet.data.dataset import load_prepared
 from routelet.evaluation.calibration import (
     choose_threshold,
     decisions,
     fit_temperature_routes,
     gate_only_probs,
+    out_of_fold_logits,
     policy_score,
     quality,
     reliability,
     risk_coverage,
 )
 from routelet.evaluation.plots import reliability_figure, risk_coverage_figure
-from routelet.families import load_trained
+from routelet.families import build_family, family_class, load_trained, training_labels
+from routelet.families.encoders import EncoderSpec
 from routelet.params import load_params, run
-from routelet.paths import CALIBRATION, FIGURES, PLOTS, PREPARED
+from routelet.paths import CALIBRATION, ENCODER, FIGURES, PLOTS, PREPARED
 
 
-def calibrate_family(name: str, prepared, config: dict) -> tuple[dict, list, list]:
+def calibration_rows(name: str, trained, prepared, params: dict) -> tuple[np.ndarray, np.ndarray, str]:
+    """Logits and true routes to calibrate on: the calibration split, or, when it has fewer rows than
+    `calibrate.cv_below`, out-of-fold logits over train + calibration (the family refitted per fold)."""
+    config = params["calibrate"]
+    if len(prepared.splits["calib"]) >= config["cv_below"]:
+        return trained.model.logits(prepared.texts("calib")), prepared.route_ids("calib"), "calibration split"
+    entry = params["train"][name]
+    encoder = EncoderSpec.read(ENCODER) if family_class(entry["family"]).uses_encoder else None
+    texts = prepared.texts("train") + prepared.texts("calib")
+    fine = prepared.labels("train") + prepared.labels("calib")
+    labels = training_labels(fine, prepared.taxonomy, trained.level)
+    logits = out_of_fold_logits(lambda: build_family(name, entry, params["seed"], encoder)[0], texts, labels,
+                                trained.model.labels_, config["cv_folds"], params["seed"])
+    column = {route: j for j, route in enumerate(prepared.taxonomy.route_names)}
+    y = np.array([column[prepared.taxonomy.route_of(label)] for label in fine])
+    return logits, y, f"{config['cv_folds']}-fold cross-validation over train + calibration split"
+
+
+def calibrate_family(name: str, prepared, params: dict) -> tuple[dict, list, list]:
+    config = params["calibrate"]
     trained = load_trained(name)
-    logits = trained.model.logits(prepared.texts("calib"))
-    y, reject = prepared.route_ids("calib"), prepared.reject_id
+    logits, y, where = calibration_rows(name, trained, prepared, params)
+    reject = prepared.reject_id
     in_scope = y != reject if reject is not None else y >= 0
     before = trained.to_routes(logits, prepared.taxonomy)
     temperature = fit_temperature_routes(lambda t: trained.to_routes(logits, prepared.taxonomy, t), y)
@@ -45,8 +70,7 @@ def calibrate_family(name: str, prepared, config: dict) -> tuple[dict, list, lis
         "threshold": round(chosen.threshold, 6),
         "margin": chosen.margin,
         "gate_only_threshold": round(gate_only.threshold, 6),
-        "chosen_on": f"calibration split ({len(y)} rows, {int((~in_scope).sum())} out of scope), "
-                     f"target {target} >= {value}",
+        "chosen_on": f"{where} ({len(y)} rows, {int((~in_scope).sum())} out of scope), target {target} >= {value}",
         "selection": policy_score(decisions(after, y, reject, chosen), target, value, reject is not None),
         "before": quality(before, y, in_scope),
         "after": quality(after, y, in_scope),
@@ -59,7 +83,7 @@ def main() -> None:
     prepared = load_prepared(PREPARED)
     results, reliabilities, risks = {}, {}, {}
     for name in params["train"]:
-        results[name], reliabilities[name], risks[name] = calibrate_family(name, prepared, params["calibrate"])
+        results[name], reliabilities[name], risks[name] = calibrate_family(name, prepared, params)
         cal = results[name]
         print(f"calibrate: {name}: T={cal['temperature']}, ECE {cal['before']['ece']:.4f} -> {cal['after']['ece']:.4f}, "
               f"threshold {cal['threshold']:.3f}, {cal['selection']['metric']} {cal['selection']['score']:.4f}")

@@ -90,3 +90,30 @@ def test_in_scope_accuracy_target_takes_the_largest_threshold_that_keeps_it():
     assert decisions(probs, y, 2, policy) == {"in_scope_accuracy": 0.9, "oos_recall": 1.0, "coverage": 90 / 120,
                                               "accepted_precision": 1.0}
     assert choose_threshold(probs, y, 2, "in_scope_accuracy", 0.95).threshold == 0.0
+
+
+def test_folds_are_stratified_and_seeded():
+    from routelet.evaluation.calibration import fold_ids
+
+    labels = ["a"] * 10 + ["b"] * 5 + ["c"]
+    ids = fold_ids(labels, folds=5, seed=0)
+    assert sorted(ids[:10].tolist()) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4] and sorted(ids[10:15].tolist()) == [0, 1, 2, 3, 4]
+    assert (fold_ids(labels, 5, 0) == ids).all() and not (fold_ids(labels, 5, 1) == ids).all()
+
+
+def test_out_of_fold_logits_never_score_a_row_with_a_model_that_saw_it():
+    """A memorising family (scores 1 for a text it trained on) shows every row was held out."""
+    from routelet.evaluation.calibration import MISSING_LOGIT, out_of_fold_logits
+
+    class Memory:
+        def fit(self, texts, labels):
+            self.seen, self.labels_ = dict(zip(texts, labels)), sorted(set(labels))
+            return self
+
+        def logits(self, texts):
+            return np.array([[1.0 if self.seen.get(t) == label else 0.0 for label in self.labels_] for t in texts])
+
+    texts = [f"text {i}" for i in range(30)]
+    labels = ["a", "b", "c"] * 10
+    logits = out_of_fold_logits(Memory, texts, labels, ["c", "b", "a", "never"], folds=5)
+    assert logits.shape == (30, 4) and (logits[:, :3] == 0.0).all() and (logits[:, 3] == MISSING_LOGIT).all()

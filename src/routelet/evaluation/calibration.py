@@ -180,3 +180,36 @@ def policy_score(result: dict[str, float], target: str, value: float, has_reject
     else:
         metric, meets = "coverage", result["accepted_precision"] >= value
     return {"metric": metric, "score": round(float(np.nan_to_num(result[metric])), 6), "meets_target": bool(meets)}
+
+
+MISSING_LOGIT = -30.0  # a label a fold never saw: probability ~0, finite so NLL stays defined
+
+
+def fold_ids(labels: list[str], folds: int, seed: int) -> np.ndarray:
+    """A seeded stratified fold per row: each label's rows dealt round-robin from a shuffled order."""
+    rng = np.random.default_rng(seed)
+    ids = np.zeros(len(labels), dtype=int)
+    for label in sorted(set(labels)):
+        rows = np.flatnonzero(np.asarray(labels) == label)
+        ids[rng.permutation(rows)] = np.arange(len(rows)) % folds
+    return ids
+
+
+def out_of_fold_logits(make_family, texts: list[str], labels: list[str], columns: list[str], folds: int = 5,
+                       seed: int = 0) -> np.ndarray:
+    """Logits for every row from a model that never saw it: `folds` models, each fitted by
+    `make_family()` on the other folds, columns in `columns` order. How calibration works when the
+    calibration split is too small to fit a temperature and a threshold on (a few rows per route)."""
+    ids = fold_ids(labels, folds, seed)
+    logits = np.full((len(texts), len(columns)), MISSING_LOGIT)
+    index = {label: j for j, label in enumerate(columns)}
+    for fold in range(folds):
+        held = np.flatnonzero(ids == fold)
+        kept = np.flatnonzero(ids != fold)
+        if not len(held) or len(set(labels[i] for i in kept)) < 2:
+            continue
+        family = make_family().fit([texts[i] for i in kept], [labels[i] for i in kept])
+        scores = family.logits([texts[i] for i in held])
+        cols = [index[label] for label in family.labels_]
+        logits[np.ix_(held, cols)] = scores
+    return logits
