@@ -26,9 +26,10 @@ def test_a_large_holdout_clearly_under_the_floor_fails():
 
 
 def test_near_ties_do_not_count():
-    reference, candidate = confident_rows(1000, 0)
-    reference[:50] = candidate[:50] = [0.45, 0.55]  # the reference is unsure here ...
-    candidate[:50] = [0.55, 0.45]  # ... and int8 flips them
+    reference = np.tile([0.9, 0.05, 0.05], (1000, 1))
+    candidate = reference.copy()
+    reference[:50] = [0.4, 0.35, 0.25]  # the reference is unsure here ...
+    candidate[:50] = [0.35, 0.4, 0.25]  # ... and int8 flips them
     report = parity(reference, candidate)
     assert report["agreement"] == 0.95 and report["confident_agreement"] == 1.0 and report["n_confident"] == 950
     check_parity(report, min_agreement=0.995)
