@@ -3,60 +3,80 @@ and write the checked splits every later stage trains and evaluates on.
 
     python -m stages.checkdata
 
-Reads params `data.*`; writes data/prepared/ (train, calib, test, taxonomy.json, quarantine.jsonl)
-and report/checkdata.json. Fails when the rejected share is over `data.max_rejected_share`, when a
-pool text repeats an evaluation text, or when one text carries two labels.
+Reads params `data.*` (each explained in params.yaml). Writes data/prepared/ (train, calib, test,
+taxonomy.json, quarantine.jsonl), report/checkdata.json (all findings and per-label counts) and
+report/checkdata_summary.json (a handful of figures: the DVC metrics). Every text either report or
+stderr shows is redacted.
+
+Exit status: 0 when the data passes; 1 when a check fails (one line per failure on stderr; the
+outputs are still written so they can be read); 2 when the params or the dataset cannot be used at
+all (one line naming the file and what to do).
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
-from routelet.data.rows import read_rows, write_quarantine
-from routelet.data.dataset import check_pool, load_dataset, write_prepared
-from routelet.params import load_params
-from routelet.paths import CHECKDATA as REPORT, PREPARED
+import yaml
+
+from routelet.data.checks import DataParams, check_dataset, data_params, summary
+from routelet.data.dataset import load_dataset, write_prepared
+from routelet.data.rows import DataError, Rejected, shown, write_quarantine
+from routelet.paths import CHECKDATA, CHECKDATA_SUMMARY as SUMMARY, PARAMS, PREPARED
+
+QUARANTINE = PREPARED / "quarantine.jsonl"
+SHOWN_LINES = 20  # lines of one kind printed; the report lists them all
+
+
+def read_params() -> DataParams:
+    try:
+        params = yaml.safe_load(PARAMS.read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError) as error:
+        raise DataError(f"{PARAMS}: cannot read it ({error}): run from the repository root") from None
+    return data_params(params)
+
+
+def say(lines: list[str], more_in: str = "") -> None:
+    for line in lines[:SHOWN_LINES]:
+        print(f"checkdata: {line}", file=sys.stderr)
+    if len(lines) > SHOWN_LINES:
+        print(f"checkdata: ... and {len(lines) - SHOWN_LINES} more in {more_in}", file=sys.stderr)
+
+
+def quarantine(rejected: list[Rejected]) -> None:
+    write_quarantine(QUARANTINE, rejected)
+    say([f"rejected {item}" for item in rejected], str(QUARANTINE))
 
 
 def main() -> int:
-    data = load_params()["data"]
-    dataset = load_dataset(data["dir"], data["taxonomy"], data["max_chars"], data["valid_fraction"], data["seed"])
-    evals = {"test": dataset.test}
-    for path in sorted(Path(data["evals"]).glob("*.jsonl")):
-        # Other evaluation sets may use other label sets: only their texts matter for leakage.
-        rows, rejected = read_rows(path, max_chars=data["max_chars"], require_label=False)
-        evals[str(path)] = rows
-        dataset.rejected.extend(rejected)
-        dataset.lines_read += len(rows) + len(rejected)
-
-    report = check_pool({"train": dataset.train, "calib": dataset.calib}, evals)
-    write_prepared(dataset, PREPARED)
-    write_quarantine(PREPARED / "quarantine.jsonl", dataset.rejected)
-    summary = report.as_dict() | {
-        "dataset": data["dir"],
-        "rows": {"train": len(dataset.train), "calib": len(dataset.calib), "test": len(dataset.test)},
-        "rejected": [str(r) for r in dataset.rejected],
-        "rejected_share": round(dataset.rejected_share, 6),
-    }
-    REPORT.parent.mkdir(parents=True, exist_ok=True)
-    REPORT.write_text(json.dumps(summary, indent=2) + "\n")
-
-    for rejected in dataset.rejected:
-        print(f"rejected {rejected}", file=sys.stderr)
-    failures = report.problems
-    if dataset.rejected_share > data["max_rejected_share"]:
-        failures.append(
-            f"{len(dataset.rejected)} of {dataset.lines_read} lines rejected ({dataset.rejected_share:.2%}), over "
-            f"data.max_rejected_share={data['max_rejected_share']}: fix them (see {PREPARED / 'quarantine.jsonl'}) "
-            "or raise the threshold"
-        )
-    for failure in failures:
-        print(f"checkdata: {failure}", file=sys.stderr)
-    print(f"checkdata: {summary['rows']}, {len(dataset.rejected)} rejected, {len(report.leaks)} leaks, "
-          f"{len(report.conflicts)} conflicts -> {REPORT}")
-    return 1 if failures else 0
+    try:
+        params = read_params()
+        dataset = load_dataset(params.dir, params.taxonomy, params.max_chars, params.valid_fraction, params.seed)
+    except DataError as error:
+        if error.rejected:
+            quarantine(error.rejected)
+        print(f"checkdata: {error}", file=sys.stderr)
+        return 2
+    report, details = check_dataset(dataset, params)
+    try:
+        write_prepared(dataset, PREPARED)
+        quarantine(dataset.rejected)
+        CHECKDATA.parent.mkdir(parents=True, exist_ok=True)
+        CHECKDATA.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        SUMMARY.write_text(json.dumps(summary(report), indent=2) + "\n", encoding="utf-8")
+    except OSError as error:
+        print(f"checkdata: cannot write {error.filename}: {error.strerror}", file=sys.stderr)
+        return 2
+    say(details, str(CHECKDATA))
+    say([f"dropped {item['where']} ({item['reason']}): {shown(item['text'])}" for item in report["dropped"]],
+        str(CHECKDATA))
+    say([f"warning: {line}" for line in report["warnings"]], str(CHECKDATA))
+    say(report["failures"], str(CHECKDATA))
+    figures = summary(report)
+    print(f"checkdata: {figures['rows']}, {figures['rejected']} rejected, {figures['leaks']} leaks, "
+          f"{figures['conflicts']} conflicts, {figures['dropped']} dropped -> {CHECKDATA}")
+    return 0 if report["ok"] else 1
 
 
 if __name__ == "__main__":

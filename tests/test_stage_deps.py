@@ -113,7 +113,7 @@ def test_train_stages_load_only_their_own_family(stages):
 
 def test_artifact_paths_come_from_one_place(stages):
     outs = {out for _, _, stage_outs in stages.values() for out in stage_outs}
-    for path in (paths.PREPARED, paths.ENCODER, paths.ROUTER, paths.CHECKDATA, paths.CALIBRATION, paths.EXPORT,
+    for path in (paths.PREPARED, paths.ENCODER, paths.ROUTER, paths.CHECKDATA, paths.CHECKDATA_SUMMARY, paths.CALIBRATION, paths.EXPORT,
                  paths.METRICS, paths.TIMINGS, paths.DETAILS):
         assert str(path) in outs, f"routelet.paths has {path}, which no dvc.yaml stage writes"
     assert {f"{paths.MODELS}/{name}" for name in ("tfidf", "setfit")} <= outs

@@ -15,6 +15,7 @@ REPORT = Path("report")
 PLOTS = REPORT / "plots"
 FIGURES = REPORT / "figures"
 CHECKDATA = REPORT / "checkdata.json"
+CHECKDATA_SUMMARY = REPORT / "checkdata_summary.json"  # a few figures: the DVC metrics
 CALIBRATION = REPORT / "calibration.json"
 EXPORT = REPORT / "export.json"
 METRICS = REPORT / "metrics.json"

@@ -1,23 +1,65 @@
 """A dataset folder and the checks every pool must pass before anything trains on it.
 
-A dataset is a folder with `train.jsonl`, optional `valid.jsonl` (else a seeded stratified split
-of train becomes the calibration split), `test.jsonl`, and an optional taxonomy file (else each
-label found in train is a route). `load_dataset` validates every file against the taxonomy;
-`check_pool` finds leakage into evaluation sets and texts with two labels.
+A dataset is a folder:
+
+    train.jsonl        the pool the models learn from
+    valid.jsonl        optional: the calibration split (else a seeded stratified split of train)
+    test.jsonl         the holdout every figure is measured on; never trained on
+    evals/*.jsonl      optional: more frozen evaluation sets (any label set; only texts matter)
+    taxonomy.yaml      optional: the routes (else each label found in train is a route)
+
+`load_dataset` validates every file against the taxonomy (the checks across rows are in
+routelet.data.checks). A folder's evaluation sets are its own test.jsonl and evals/: switching
+`data.dir` switches what leakage is checked against.
 """
 
 from __future__ import annotations
 
+import os
 import random
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import yaml
 
-from routelet.data.rows import Rejected, Sourced, read_jsonl, read_rows, write_jsonl
-from routelet.serving.preprocess import normalise, preprocess
+from routelet.data.rows import DataError, Rejected, Sourced, read_jsonl, read_rows, write_jsonl
 from routelet.data.taxonomy import Taxonomy
+from routelet.serving.preprocess import preprocess
+
+EVALS = "evals"  # the subfolder of a dataset folder holding more frozen evaluation sets
+
+
+@dataclass
+class FileCount:
+    lines: int = 0
+    rejected: int = 0
+
+
+@dataclass
+class _Reads:
+    """Every file read so far: the rejected lines and, per file, lines read and rejected."""
+
+    max_chars: int
+    rejected: list[Rejected] = field(default_factory=list)
+    files: dict[str, FileCount] = field(default_factory=dict)
+
+    def read(self, path: Path, known: list[str] | None, require_label: bool = True) -> list[Sourced]:
+        rows, rejected = read_rows(path, known, self.max_chars, require_label)
+        self.rejected += rejected
+        self.files[str(path)] = FileCount(len(rows) + len(rejected), len(rejected))
+        return rows
+
+    def require_rows(self, path: Path, why: str) -> None:
+        count = self.files[str(path)]
+        if count.lines > count.rejected:
+            return
+        if count.lines == 0:
+            raise DataError(f"{path}: no rows (the file is empty): {why}", self.rejected)
+        first = next(r for r in self.rejected if r.file == str(path))
+        raise DataError(f"{path}: no valid rows: all {count.lines} lines rejected (first, line {first.line}: "
+                        f"{first.reason}): {why}", self.rejected)
 
 
 @dataclass
@@ -26,12 +68,10 @@ class Dataset:
     train: list[Sourced]
     calib: list[Sourced]
     test: list[Sourced]
+    evals: dict[str, list[Sourced]] = field(default_factory=dict)  # test.jsonl and evals/*.jsonl, by path
     rejected: list[Rejected] = field(default_factory=list)
-    lines_read: int = 0
-
-    @property
-    def rejected_share(self) -> float:
-        return len(self.rejected) / max(self.lines_read, 1)
+    files: dict[str, FileCount] = field(default_factory=dict)  # lines read and rejected, per file
+    taxonomy_source: str = ""  # the taxonomy file, or where the routes came from without one
 
 
 def load_dataset(
@@ -41,33 +81,66 @@ def load_dataset(
     valid_fraction: float = 0.2,
     seed: int = 0,
 ) -> Dataset:
+    """Read and validate a dataset folder. Raises DataError, one line, when it cannot be used."""
     folder = Path(folder)
-    if not (folder / "train.jsonl").is_file():
-        raise FileNotFoundError(f"{folder}: a dataset folder needs train.jsonl (and test.jsonl)")
-    if not (folder / "test.jsonl").is_file():
-        raise FileNotFoundError(f"{folder}: test.jsonl is missing: a dataset needs a held-out test set")
-    taxonomy_path = folder / taxonomy_file
-    if taxonomy_path.is_file():
-        taxonomy = Taxonomy.load(taxonomy_path)
-    else:
-        # Without a taxonomy the label set is whatever train holds; still validate the rest.
-        train_labels = [s.row.label for s in read_rows(folder / "train.jsonl", max_chars=max_chars)[0]]
-        taxonomy = Taxonomy.from_labels([label for label in train_labels if label])
-
-    def read(name: str) -> list[Sourced]:
-        rows, rejected = read_rows(folder / name, taxonomy.labels, max_chars)
-        dataset.rejected.extend(rejected)
-        dataset.lines_read += len(rows) + len(rejected)
-        return rows
-
-    dataset = Dataset(taxonomy, [], [], [])
-    dataset.train = read("train.jsonl")
+    _check_folder(folder)
+    taxonomy = _load_taxonomy(folder, taxonomy_file)
+    reads = _Reads(max_chars)
+    train = reads.read(folder / "train.jsonl", taxonomy.labels if taxonomy else None)
+    reads.require_rows(folder / "train.jsonl", "a router needs training rows")
+    source = str(folder / taxonomy_file)
+    if taxonomy is None:
+        taxonomy, source = _taxonomy_from_labels(folder, train), "one route per label of train.jsonl"
     if (folder / "valid.jsonl").is_file():
-        dataset.calib = read("valid.jsonl")
+        calib = reads.read(folder / "valid.jsonl", taxonomy.labels)
     else:
-        dataset.train, dataset.calib = stratified_split(dataset.train, valid_fraction, seed)
-    dataset.test = read("test.jsonl")
-    return dataset
+        train, calib = stratified_split(train, valid_fraction, seed)
+    test = reads.read(folder / "test.jsonl", taxonomy.labels)
+    reads.require_rows(folder / "test.jsonl", "every figure is measured on the holdout")
+    evals = {str(folder / "test.jsonl"): test}
+    for path in sorted((folder / EVALS).glob("*.jsonl")):
+        # Other evaluation sets may use other label sets: only their texts matter for leakage.
+        evals[str(path)] = reads.read(path, None, require_label=False)
+    return Dataset(taxonomy, train, calib, test, evals, reads.rejected, reads.files, source)
+
+
+def _check_folder(folder: Path) -> None:
+    if not folder.exists():
+        raise DataError(f"{folder}: no such dataset folder: set data.dir in params.yaml to a folder "
+                        "with train.jsonl and test.jsonl")
+    if not folder.is_dir():
+        raise DataError(f"{folder}: a file, not a folder: data.dir names a folder with train.jsonl and test.jsonl")
+    if (folder / EVALS).is_symlink():  # DVC follows file links in a dependency, not folder links
+        raise DataError(f"{folder / EVALS}: a link to a folder, which DVC would not track: make it a real folder "
+                        "(the files in it may be links)")
+    for name, why in (("train.jsonl", "the rows to train on"), ("test.jsonl", "a held-out test set, never trained on")):
+        path = folder / name
+        if path.is_symlink() and not path.exists():
+            raise DataError(f"{path}: a broken symlink to {os.readlink(path)}: restore its target")
+        if not path.is_file():
+            raise DataError(f"{path}: missing: a dataset folder needs {name} ({why})")
+
+
+def _load_taxonomy(folder: Path, name: str) -> Taxonomy | None:
+    path = folder / name
+    if not path.is_file():
+        others = sorted(p.name for p in folder.glob("*taxonomy*.y*ml"))
+        if others:  # a typo in data.taxonomy must not silently fall back to one route per label
+            raise DataError(f"{path}: missing; the folder has {', '.join(others)}: set data.taxonomy to one of them")
+        return None
+    try:
+        return Taxonomy.load(path)
+    except (ValueError, TypeError, KeyError, OSError, yaml.YAMLError) as error:
+        message = str(error) if str(error).startswith(str(path)) else f"{path}: {error}"
+        raise DataError(f"{message} (fix the taxonomy file: its format is in routelet/data/taxonomy.py)") from None
+
+
+def _taxonomy_from_labels(folder: Path, train: list[Sourced]) -> Taxonomy:
+    try:
+        return Taxonomy.from_labels([s.row.label for s in train if s.row.label])
+    except (ValueError, TypeError) as error:
+        raise DataError(f"{folder / 'train.jsonl'}: its labels do not make a taxonomy ({error}): "
+                        "add a taxonomy.yaml") from None
 
 
 def stratified_split(rows: list[Sourced], fraction: float, seed: int) -> tuple[list[Sourced], list[Sourced]]:
@@ -85,61 +158,6 @@ def stratified_split(rows: list[Sourced], fraction: float, seed: int) -> tuple[l
         kept += group[n_held:]
     order = {id(row): i for i, row in enumerate(rows)}  # keep file order: diffs stay readable
     return sorted(kept, key=lambda r: order[id(r)]), sorted(held, key=lambda r: order[id(r)])
-
-
-@dataclass
-class PoolReport:
-    counts: dict[str, dict[str, int]]
-    leaks: list[dict[str, str]]
-    conflicts: list[dict[str, object]]
-    duplicates: int
-
-    @property
-    def problems(self) -> list[str]:
-        lines = [
-            f"leakage ({leak['kind']}): {leak['pool']} repeats {leak['eval']}: {leak['text']!r}"
-            for leak in self.leaks
-        ]
-        lines += [
-            f"conflict: {c['text']!r} has labels {c['labels']} at {', '.join(c['where'])}" for c in self.conflicts
-        ]
-        return lines
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "counts": self.counts,
-            "leaks": self.leaks,
-            "conflicts": self.conflicts,
-            "duplicates_in_pool": self.duplicates,
-            "ok": not self.problems,
-        }
-
-
-def check_pool(pool: dict[str, list[Sourced]], evals: dict[str, list[Sourced]]) -> PoolReport:
-    """Leakage from any pool split into any evaluation set (exact text, then after the
-    preprocess), and one text carrying two labels anywhere in the pool."""
-    counts = {name: dict(sorted(Counter(s.row.label for s in rows).items())) for name, rows in pool.items()}
-    exact = {s.row.text: s for rows in evals.values() for s in rows}
-    normal = {preprocess(s.row.text): s for rows in evals.values() for s in rows}
-    leaks = []
-    for rows in pool.values():
-        for s in rows:
-            if s.row.text in exact:
-                leaks.append({"kind": "exact", "pool": s.where, "eval": exact[s.row.text].where, "text": s.row.text})
-            elif (key := preprocess(s.row.text)) in normal:
-                leaks.append({"kind": "normalised", "pool": s.where, "eval": normal[key].where, "text": s.row.text})
-
-    seen: dict[str, list[Sourced]] = defaultdict(list)
-    for rows in pool.values():
-        for s in rows:
-            seen[normalise(s.row.text)].append(s)
-    conflicts = [
-        {"text": text, "labels": sorted({s.row.label for s in group}), "where": [s.where for s in group]}
-        for text, group in seen.items()
-        if len({s.row.label for s in group}) > 1
-    ]
-    duplicates = sum(len(group) - 1 for group in seen.values())
-    return PoolReport(counts, leaks, conflicts, duplicates)
 
 
 @dataclass

@@ -53,9 +53,19 @@ class DataError(Exception):
         self.rejected = rejected or []
 
 
+def bounded(text: str, limit: int = RAW_KEPT) -> str:
+    """At most `limit` characters, cut at a space where one is near so that no secret is cut in
+    half (a half is what the redaction patterns would no longer recognise)."""
+    if len(text) <= limit:
+        return text
+    head = text[:limit]
+    space = max(head.rfind(" "), head.rfind("\t"))
+    return head[:space] if space > limit // 2 else head
+
+
 def shown(value: object) -> str:
-    """A user's value quoted in a message: redacted and cut short."""
-    text = redact(str(value))
+    """A user's value quoted in a message: bounded, redacted, cut short."""
+    text = redact(bounded(str(value)))
     return repr(text if len(text) <= SHOWN else text[:SHOWN] + "…")
 
 
@@ -134,7 +144,8 @@ def read_rows(
     try:
         handle = path.open("rb")
     except OSError as error:
-        raise DataError(f"{path}: cannot read it ({error.strerror or error}): check the path and its permissions")
+        reason = error.strerror or error
+        raise DataError(f"{path}: cannot read it ({reason}): check the path and its permissions") from None
     with handle:
         _check_encoding(path, handle.read(4096))
         handle.seek(0)
@@ -143,7 +154,7 @@ def read_rows(
                 raw = raw[len(codecs.BOM_UTF8):]  # a BOM at file start is how some editors save UTF-8
             if not raw.strip():
                 continue  # blank lines (a trailing newline) carry nothing to lose
-            reason, row = _parse(raw, known, max_chars, require_label)
+            reason, row = parse_line(raw, known, max_chars, require_label)
             if row is None:
                 rejected.append(_rejected(path, number, reason, raw))
             else:
@@ -153,7 +164,7 @@ def read_rows(
 
 def _rejected(path: Path, number: int, reason: str, raw: bytes) -> Rejected:
     text = raw.decode("utf-8", "replace").rstrip("\r\n")
-    return Rejected(str(path), number, reason, text[:RAW_KEPT], len(text))
+    return Rejected(str(path), number, reason, bounded(text), len(text))
 
 
 def _check_encoding(path: Path, head: bytes) -> None:
@@ -193,11 +204,11 @@ def _constant(name: str) -> None:
     raise _BadJson(f"{name} is not JSON (Python's json writes it; standard JSON has no {name})")
 
 
-def _parse(raw: bytes, known: set[str] | None, max_chars: int, require_label: bool) -> tuple[str, Row | None]:
+def parse_line(raw: bytes, known: set[str] | None, max_chars: int, require_label: bool) -> tuple[str, Row | None]:
     try:
         line = raw.decode("utf-8")
     except UnicodeDecodeError as error:
-        return f"invalid UTF-8 at byte {error.start} (Latin-1 or Windows-1252? re-save the file as UTF-8)", None
+        return f"invalid UTF-8 at byte {error.start + 1} (Latin-1 or Windows-1252? re-save the file as UTF-8)", None
     if line.startswith("\ufeff"):
         return "a byte-order mark starts this line (files joined with cat?): remove it", None
     try:
@@ -214,7 +225,7 @@ def _parse(raw: bytes, known: set[str] | None, max_chars: int, require_label: bo
         row = Row.model_validate(value)
     except ValidationError as error:
         first = error.errors()[0]
-        field = ".".join(redact(str(part))[:SHOWN] for part in first["loc"]) or "row"
+        field = ".".join(redact(bounded(str(part)))[:SHOWN] for part in first["loc"]) or "row"
         return f"{field}: {first['msg'].removeprefix('Value error, ')}", None
     if len(row.text) > max_chars:
         return f"text has {len(row.text)} characters, over the limit of {max_chars} (data.max_chars)", None

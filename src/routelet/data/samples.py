@@ -38,7 +38,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from routelet.data.rows import _parse as parse_row
+from routelet.data.rows import parse_line as parse_row
 from routelet.data.sample_sources import FolderSource, SourceObject, open_source
 from routelet.serving.preprocess import redact
 from routelet.serving.sample_log import TEMP_PREFIX, StorageError
