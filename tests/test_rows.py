@@ -186,5 +186,5 @@ def test_huge_adversarial_values_in_reasons_are_bounded_before_redaction(tmp_pat
     started = time.perf_counter()
     _, rejected = read_rows(path, known_labels={"a"})
     write_quarantine(tmp_path / "quarantine.jsonl", rejected)
-    assert time.perf_counter() - started < 10  # unbounded, redact takes minutes on this input
+    assert time.perf_counter() - started < 10  # generous: the quarantine bounds the line before redacting it
     assert [len(r.reason) < 200 for r in rejected] == [True, True]
