@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup repro test test-fast bench datasets clean-venv
+.PHONY: setup repro test test-fast bench pr-report datasets clean-venv
 
 $(BIN)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -27,8 +27,19 @@ test: setup
 test-fast: setup
 	pytest -m "not slow"
 
-bench: setup
+# The peer backend (semantic-router, the `bench` extra). Offline the install fails and the bench skips
+# that backend, saying why in report/bench.json.
+$(BIN)/.bench-installed: $(BIN)/.installed
+	-$(BIN)/pip install --quiet -e '.[bench]' && touch $@
+
+bench: setup $(BIN)/.bench-installed
 	python -m scripts.bench
+
+# The pull-request review report against BASE: report/pr/report.md (metric and param diffs, changed
+# figures side by side) and report/pr/plots/index.html. CI posts it as the pull request's comment.
+BASE ?= main
+pr-report: setup
+	python -m scripts.pr_report --base $(BASE)
 
 # Rebuild the bundled dataset folders from the public releases (SRC: folder holding clinc150/ and banking77/).
 datasets: setup

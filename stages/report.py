@@ -1,5 +1,7 @@
 """Stage report: every family side by side on the frozen holdout, and the shipped router measured
-through the torch-free runtime.
+through the torch-free runtime. A tiered router is measured as shipped ("router": with the share of
+the holdout each tier answered) and each of its tiers alone, as served from its own subfolder
+("router:<tier>"): the price of the fast tier's answers in quality, next to what it saves in time.
 
     python -m stages.report
 
@@ -13,11 +15,12 @@ nothing), report/timings.json (latency and size, which move with the host), repo
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from routelet.data.dataset import load_prepared
 from routelet.data.rows import sha256_file
 from routelet.evaluation.plots import confusion_figure, scatter_figure
-from routelet.evaluation.report import evaluate, folder_megabytes, llm_baselines, single_query_latency
+from routelet.evaluation.report import evaluate, folder_megabytes, llm_baselines, router_latency, single_query_latency
 from routelet.families import MODELS, load_trained
 from routelet.params import load_params, run
 from routelet.paths import BASELINES, CALIBRATION, DETAILS, EXPORT, FIGURES, METRICS, PLOTS, PREPARED, ROUTER, TIMINGS
@@ -49,11 +52,16 @@ def main() -> None:
         print(f"report: {name}: {metrics[name]} {timings[name]}")
 
     router = Router.load(ROUTER, threads=1)
-    result = evaluate(router.probs(texts) @ router.info.route_matrix(), y, names, reject, calibration[router.info.family])
-    metrics["router"] = result["headline"]
-    details["router"] = result["detail"] | {"family": router.info.family, "tiers": router.tier_names,
-                                            "choice": shipped["choice"]}
-    timings["router"] = single_query_latency(router.route, sample) | {"size_mb": folder_megabytes(ROUTER)}
+    for key, folder in routers(router).items():
+        served = router if folder == ROUTER else Router.load(folder, threads=1)
+        probs, by = served.decide(texts)
+        result = evaluate(probs @ served.info.route_matrix(), y, names, reject, calibration[served.info.family])
+        metrics[key] = result["headline"] | {"answered_share": {
+            tier: round(float((by == index).mean()), 4) if len(by) else 0.0 for index, tier in enumerate(served.tier_names)}}
+        details[key] = result["detail"] | {"family": served.info.family, "tiers": served.tier_names}
+        timings[key] = router_latency(served, sample) | {"size_mb": folder_megabytes(folder)}
+        print(f"report: {key}: {metrics[key]} {timings[key]}")
+    details["router"]["choice"] = shipped["choice"]
     for model, scores in llm_baselines(BASELINES, sha256_file(PREPARED / "test.jsonl")).items():
         metrics[f"llm:{model}"] = scores
 
@@ -72,6 +80,14 @@ def main() -> None:
     scatter_figure({n: (timings[n]["p50_ms"], m[key]) for n, m in metrics.items() if n in timings},
                    "single-query p50 latency, ms (log)", key.replace("_", " "), "Accuracy vs latency",
                    FIGURES / "accuracy_vs_latency.png", log_x=True)
+
+
+def routers(router: Router) -> dict:
+    """The shipped router, and each of its tiers alone (from its subfolder) when it has several."""
+    if len(router.tier_names) == 1:
+        return {"router": ROUTER}
+    return {"router": ROUTER, **{f"router:{tier.family}": ROUTER / Path(tier.files["model"]).parent
+                                 for tier in router.info.tiers}}
 
 
 if __name__ == "__main__":

@@ -63,6 +63,12 @@ def check_params(params: dict, path: Path = PARAMS) -> None:
     export = params["export_onnx"]
     _choose("export_onnx.int8", export.get("int8"), INT8_MODES, path)
     _choose("export_onnx.ship", export.get("ship"), ["auto", *params["train"]], path)
+    tiers = export.get("tiers", "auto")
+    if tiers != "auto":
+        if not isinstance(tiers, list) or not tiers:
+            raise ConfigError(f"{path}: export_onnx.tiers is {tiers!r}; use auto or a list such as [tfidf, setfit]")
+        for name in tiers:
+            _choose("export_onnx.tiers[]", name, list(params["train"]), path)
     for name in params.get("learning_curve", {}).get("families", []):
         _choose("learning_curve.families[]", name, list(params["train"]), path)
 

@@ -51,19 +51,40 @@ def _rounded(values: dict) -> dict:
 
 
 def single_query_latency(predict, texts: list[str], warmup: int = 5) -> dict[str, float]:
-    """p50/p95 milliseconds of `predict([text])`, one text at a time, as a router serves."""
+    """p50/p95/p99 milliseconds of `predict([text])`, one text at a time, as a router serves."""
+    return latency_percentiles(_timed(predict, texts, warmup)[0])
+
+
+def router_latency(router, texts: list[str], warmup: int = 5) -> dict:
+    """single_query_latency of `router.route`, with the share of texts and the p50 of each tier that answered."""
+    timings, results = _timed(router.route, texts, warmup)
+    tiers = [result[0]["tier"] for result in results]
+    by_tier = {name: {"share": round(tiers.count(name) / max(len(tiers), 1), 4),
+                      **latency_percentiles([t for t, tier in zip(timings, tiers) if tier == name])}
+               for name in router.tier_names}
+    return latency_percentiles(timings) | ({"by_tier": by_tier} if len(router.tier_names) > 1 else {})
+
+
+def _timed(predict, texts: list[str], warmup: int) -> tuple[list[float], list]:
     for text in texts[:warmup]:
         predict([text])
-    timings = []
+    timings, results = [], []
     for text in texts:
         start = time.perf_counter()
-        predict([text])
+        results.append(predict([text]))
         timings.append((time.perf_counter() - start) * 1000)
-    timings.sort()
-    return {
-        "p50_ms": round(statistics.median(timings), 3),
-        "p95_ms": round(timings[min(len(timings) - 1, int(0.95 * len(timings)))], 3),
-    }
+    return timings, results
+
+
+def latency_percentiles(timings: list[float]) -> dict[str, float | None]:
+    if not timings:
+        return {"p50_ms": None, "p95_ms": None, "p99_ms": None}
+    ordered = sorted(timings)
+
+    def at(share: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(share * len(ordered)))], 3)
+
+    return {"p50_ms": round(statistics.median(ordered), 3), "p95_ms": at(0.95), "p99_ms": at(0.99)}
 
 
 def folder_megabytes(*paths: str | Path) -> float:

@@ -1,12 +1,17 @@
-"""Pick the family that ships, turn it into the router folder, and gate it on parity.
+"""Pick the families that ship, turn them into the router folder, and gate it on parity.
 
-    name, choice = choose_family(calibration, "auto", {name: trained.model for ...}, tie=0.002)
-    info = build_router(trained, MODELS / name, calibration[name], taxonomy, options, staged, hashes)
+    name, choice = choose_family(calibration, "auto", {name: trained_class(name) for ...}, tie=0.002)
+    names = resolve_tiers(params["export_onnx"]["tiers"], name, list(calibration))   # ["tfidf", "setfit"]
+    info, gate, probs = export_router([load_trained(n) for n in names], MODELS, calibration, taxonomy,
+                                      options, staged, hashes, holdout_texts, (calib_texts, calib_y), config)
 
 `choose_family` ranks families by the score their abstain policy reached on the calibration split
-(never the holdout), ties to the one without an encoder (the faster). `build_router` writes the
+(never the holdout), ties to the one without an encoder (the faster). `build_router` writes one
 family's model files and router.json (routelet.serving.router_format), the one description of a
-shipped model.
+shipped model. With several tiers each is exported and gated into its own subfolder, then
+`routelet.export.tiers.assemble_tiers` chooses the fast tiers' accept thresholds on the calibration
+split and writes the folder's router.json; the gate then checks the tiered router's routes and
+decisions against the trained model of the tier that answered each row.
 """
 
 from __future__ import annotations
@@ -21,8 +26,10 @@ import numpy as np
 from routelet.data.rows import sha256_file
 from routelet.export.onnx import onnx_probs
 from routelet.export.parity import check_parity, route_parity
+from routelet.export.tiers import assemble_tiers, pick
 from routelet.families import Trained
 from routelet.families.base import ExportOptions, Family
+from routelet.params import ConfigError
 from routelet.serving.preprocess import PREPROCESS_VERSION
 from routelet.serving.router_format import FORMAT_VERSION, Policy, RouterInfo, TextInput, Tier, softmax
 from routelet.serving.runtime import Router
@@ -44,6 +51,22 @@ def choose_family(calibration: dict, ship: str, families: dict[str, Family], tie
                     "score": scores[winner]["score"], "metric": scores[winner]["metric"],
                     "margin_over_next": round(scores[winner]["score"] - others[0], 6) if others else None,
                     "scores": scores}
+
+
+def resolve_tiers(setting, ship: str, trained: list[str]) -> list[str]:
+    """The families of the router folder in answering order: "auto" (or absent) is the shipped family
+    alone; a list names trained families, the last answering what the others leave."""
+    if setting in (None, "auto"):
+        return [ship]
+    where = "params.yaml export_onnx.tiers"
+    if not isinstance(setting, list) or not setting or not all(isinstance(name, str) for name in setting):
+        raise ConfigError(f"{where} is {setting!r}: use auto, or a list of trained families such as [tfidf, setfit]")
+    for name in setting:
+        if name not in trained:
+            raise ConfigError(f"{where}: {name!r} is not a trained family; choose from: {', '.join(trained)}")
+    if len(set(setting)) != len(setting):
+        raise ConfigError(f"{where}: {setting} names a family twice; each tier is a different family")
+    return list(setting)
 
 
 def build_router(trained: Trained, folder: Path, calibration: dict, taxonomy, options: ExportOptions, out: Path,
@@ -74,13 +97,16 @@ def build_router(trained: Trained, folder: Path, calibration: dict, taxonomy, op
 
 
 def export_checked(trained: Trained, folder: Path, calibration: dict, taxonomy, options: ExportOptions, out: Path,
-                   hashes: dict[str, str], texts: list[str], config: dict) -> tuple[RouterInfo, dict, np.ndarray]:
+                   hashes: dict[str, str], texts: list[str], config: dict,
+                   reference: np.ndarray | None = None) -> tuple[RouterInfo, dict, np.ndarray]:
     """build_router, then the parity gate on `texts` (the holdout) through the runtime exactly as
     served: route agreement with the trained model at least `config["min_agreement"]`. For encoder
     families fp32 is checked too (`check_fp32`), to tell int8's loss from an export bug; with
     `fallback_fp32` an int8 router under the floor is replaced by the fp32 export, said in router.json.
+    `reference` is trained_probs on `texts` when the caller has it already.
     Returns (router.json, the gate per variant, the shipped fine-label probabilities)."""
-    reference = trained_probs(trained, texts, calibration["temperature"])
+    if reference is None:
+        reference = trained_probs(trained, texts, calibration["temperature"])
     to_routes = trained.taxonomy_view(taxonomy).label_to_route_matrix(trained.model.labels_)
     info = build_router(trained, folder, calibration, taxonomy, options, out, hashes)
     shipped = Router.load(out).probs(texts)
@@ -97,6 +123,47 @@ def export_checked(trained: Trained, folder: Path, calibration: dict, taxonomy, 
             shipped, variant = Router.load(out).probs(texts), "fp32"
     check_parity(gate[variant], config["min_agreement"], what=f"{variant} router")
     return info, gate, shipped
+
+
+def export_router(tiers: list[Trained], models: Path, calibration: dict, taxonomy, options: ExportOptions, out: Path,
+                  hashes: dict[str, str], texts: list[str], calib: tuple[list[str], np.ndarray],
+                  config: dict) -> tuple[RouterInfo, dict, np.ndarray]:
+    """The router folder `out` from `tiers` (trained families in answering order, each in
+    models/<name>): one tier is export_checked into `out` itself; several are each export_checked
+    into out/<name>, assembled (accepts chosen on `calib`: texts and route ids) and gated as a whole.
+    Returns (router.json, the gate: per tier its variants, and "tiered" with "selection" for
+    several, the shipped fine-label probabilities on `texts`)."""
+    if len(tiers) == 1:
+        [trained] = tiers
+        info, gate, shipped = export_checked(trained, models / trained.name, calibration[trained.name], taxonomy,
+                                             options, out, hashes, texts, config)
+        return info, {"tiers": {trained.name: gate}}, shipped
+    references, gates = {}, {}
+    for trained in tiers:
+        references[trained.name] = trained_probs(trained, texts, calibration[trained.name]["temperature"])
+        gates[trained.name] = export_checked(trained, models / trained.name, calibration[trained.name], taxonomy,
+                                             options, out / trained.name, hashes, texts, config,
+                                             references[trained.name])[1]
+    info, selection = assemble_tiers(out, [trained.name for trained in tiers], *calib)
+    shipped, by = Router.load(out).decide(texts)
+    gate = {"tiers": gates, "selection": selection,
+            "tiered": tiered_parity(info, [references[tier.family] for tier in info.tiers], shipped, by)}
+    check_parity(gate["tiered"], config["min_agreement"], what="tiered router")
+    return info, gate, shipped
+
+
+def tiered_parity(info: RouterInfo, references: list[np.ndarray], shipped: np.ndarray, by: np.ndarray) -> dict:
+    """The shipped tiered router against the trained model of the tier that answered each row
+    (`references` per tier, `by` from the runtime): route agreement (the gate) and agreement of the
+    decisions after the abstain policy, with the share of rows each tier answered."""
+    to_routes, reject = info.route_matrix(), info.reject_index
+    expected = pick(references, by)
+    report = route_parity(expected, shipped, to_routes)
+    decided = [info.abstain.decide(probs @ to_routes, reject) for probs in (expected, shipped)]
+    report["decision_agreement"] = round(float((decided[0] == decided[1]).mean()), 6) if len(by) else 1.0
+    report["answered_share"] = {tier.family: round(float((by == index).mean()), 4) if len(by) else 0.0
+                                for index, tier in enumerate(info.tiers)}
+    return report
 
 
 def trained_probs(trained: Trained, texts: list[str], temperature: float) -> np.ndarray:
