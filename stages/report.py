@@ -5,7 +5,7 @@ the holdout each tier answered) and each of its tiers alone, as served from its 
 
     python -m stages.report
 
-Reads params `train` (the families), `report.*`; data/prepared, data/models, data/router,
+Reads params `train` (the families), `report.*`, `promote.guards` (guard sets scored beside the holdout); data/prepared, data/models, data/router,
 report/calibration.json, report/export.json and report/baselines.json (cached LLM baselines).
 Writes report/metrics.json (DVC metrics: quality only, so a commit diffed against itself shows
 nothing), report/timings.json (latency and size, which move with the host), report/details.json
@@ -24,7 +24,22 @@ from routelet.evaluation.report import evaluate, folder_megabytes, llm_baselines
 from routelet.families import MODELS, load_trained
 from routelet.params import load_params, run
 from routelet.paths import BASELINES, CALIBRATION, DETAILS, EXPORT, FIGURES, METRICS, PLOTS, PREPARED, ROUTER, TIMINGS
+from routelet.serving import gate
 from routelet.serving.runtime import Router
+
+
+def guard_scores(router: Router, guards: dict[str, float]) -> dict:
+    """The shipped router's accuracy on each guard set beside its floor (params `promote.guards`); a
+    set written for another taxonomy is skipped, saying so."""
+    scores = {}
+    for path, floor in guards.items():
+        try:
+            accuracy = gate.outcomes(router, gate.read_set(path, floor)).score()
+        except gate.GateError as error:
+            print(f"report: guard set skipped: {error}")
+            continue
+        scores[Path(path).stem] = {"accuracy": round(accuracy, 4), "floor": floor, "meets_floor": accuracy >= floor}
+    return scores
 
 
 def main() -> None:
@@ -65,7 +80,8 @@ def main() -> None:
     for model, scores in llm_baselines(BASELINES, sha256_file(PREPARED / "test.jsonl")).items():
         metrics[f"llm:{model}"] = scores
 
-    METRICS.write_text(json.dumps({"holdout": metrics}, indent=2) + "\n")
+    METRICS.write_text(json.dumps({"holdout": metrics, "guards": guard_scores(router, params["promote"]["guards"])},
+                                  indent=2) + "\n")
     TIMINGS.write_text(json.dumps({"holdout": timings}, indent=2) + "\n")
     DETAILS.write_text(json.dumps({"holdout": details, "routes": names}, indent=2) + "\n")
 

@@ -92,6 +92,8 @@ def workspace(tmp_path_factory):
     write_jsonl(data / "train.jsonl", *synthetic_dataset(n_per_label=25, seed=0))
     (work / "evals").mkdir()
     write_jsonl(work / "evals" / "holdout.jsonl", *synthetic_dataset(n_per_label=10, seed=1))
+    write_jsonl(work / "evals" / "guard_short.jsonl", ["wire money", "my funds", "boarding now", "tell a joke"],
+                ["transfer", "balance", "flight", "oos"])
     (data / "test.jsonl").symlink_to(Path("..", "..", "evals", "holdout.jsonl"))
     (data / "taxonomy.yaml").write_text(yaml.safe_dump({"reject": "oos", "routes": ROUTES}))
 
@@ -104,6 +106,7 @@ def workspace(tmp_path_factory):
     params["encoders"]["tiny2"] = {**params["encoders"]["tiny"], "layers": 1}
     params["report"]["latency_queries"] = 20
     params["train"]["setfit"] |= {"max_steps": 4, "batch_size": 4, "max_seq_length": 16, "embed_batch_size": 16}
+    params["promote"]["guards"] = {"evals/guard_short.jsonl": 0.5}
     params["export_onnx"]["ship"] = "setfit"  # the int8 ONNX path end to end (auto is tested in test_ship.py)
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], work)
@@ -117,6 +120,8 @@ def test_repro_trains_checks_reports_then_runs_nothing(workspace):
         assert f"Running stage '{stage}'" in first.stdout
     metrics = json.loads((workspace / "report" / "metrics.json").read_text())["holdout"]
     assert set(metrics) == {"tfidf", "embed", "embed_routes", "centroid", "setfit", "router"}
+    guards = json.loads((workspace / "report" / "metrics.json").read_text())["guards"]
+    assert set(guards) == {"guard_short"} and 0 <= guards["guard_short"]["accuracy"] <= 1
     timings = json.loads((workspace / "report" / "timings.json").read_text())["holdout"]
     assert set(timings) == set(metrics) and all("p50_ms" in t and "p50_ms" not in metrics[n] for n, t in timings.items())
     router = json.loads((workspace / "data" / "router" / "router.json").read_text())

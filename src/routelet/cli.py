@@ -14,7 +14,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Callable
+from typing import Callable, Iterator
 
 from routelet.paths import ROUTER
 
@@ -23,11 +23,39 @@ DEFAULT_ROUTER = str(ROUTER)  # where `dvc repro` puts the exported router
 _ROUTER_HELP = "router folder holding router.json and its model files (default: %(default)s)"
 
 
+def positive_int(value: str) -> int:
+    """argparse type: an integer of at least 1."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{number} is not allowed: give 1 or more")
+    return number
+
+
 def _route_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("text", nargs="?", help="text to route; omit it to read one text per stdin line")
     parser.add_argument("--router", default=DEFAULT_ROUTER, help=_ROUTER_HELP)
-    parser.add_argument("--top-k", type=int, default=3, help="how many top routes to list (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads (default: %(default)s)")
+    parser.add_argument("--top-k", type=positive_int, default=3,
+                        help="how many top routes to list, 1 or more (default: %(default)s)")
+    parser.add_argument("--threads", type=positive_int, default=1, help="onnxruntime threads (default: %(default)s)")
+
+
+def stdin_lines(stream) -> Iterator[str]:
+    """Each line of a binary stream as text, line ending removed. A line that is not UTF-8 is decoded
+    with U+FFFD for the bad bytes, and stderr says which line: it is still routed, and so is the rest."""
+    for number, raw in enumerate(stream, 1):
+        raw = raw.rstrip(b"\r\n")
+        if number == 1:
+            raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark is no text
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            print(f"routelet route: stdin line {number}: not valid UTF-8 (byte {error.start + 1}); "
+                  "routed with U+FFFD for the bad bytes: convert the input to UTF-8 (e.g. iconv -t UTF-8)",
+                  file=sys.stderr, flush=True)
+            yield raw.decode("utf-8", errors="replace")
 
 
 def _route(args: argparse.Namespace) -> int:
@@ -38,8 +66,8 @@ def _route(args: argparse.Namespace) -> int:
         print(json.dumps(router.route_one(args.text, top_k=args.top_k)))
         return 0
     # One JSON line per input line, flushed at once, so it works as a pipe filter.
-    for line in sys.stdin:
-        print(json.dumps(router.route_one(line.rstrip("\r\n"), top_k=args.top_k)), flush=True)
+    for line in stdin_lines(sys.stdin.buffer):
+        print(json.dumps(router.route_one(line, top_k=args.top_k)), flush=True)
     return 0
 
 
@@ -49,8 +77,9 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="address to bind (default: %(default)s); any non-loopback address needs an API key")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
     parser.add_argument("--api-key", default=os.environ.get("ROUTELET_API_KEY") or None,
-                        help="require this value in the X-API-Key header on /v1/* (default: $ROUTELET_API_KEY)")
-    parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads (default: %(default)s)")
+                        help="require this value (16 characters or more) in the X-API-Key header on /v1/* "
+                        "(default: $ROUTELET_API_KEY)")
+    parser.add_argument("--threads", type=positive_int, default=1, help="onnxruntime threads (default: %(default)s)")
     parser.add_argument("--access-log", action="store_true",
                         help="log one line per request (off by default: under load it took about a sixth of the event loop)")
 
@@ -75,6 +104,12 @@ def _llm_baseline(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _promotion(name: str) -> Callable:
+    from routelet.serving import promote  # lazy: numpy and the runtime load only for these commands
+
+    return getattr(promote, name)
+
+
 COMMANDS: dict[str, tuple[str, str, Callable, Callable]] = {
     "route": (
         "route texts with a router folder and print one JSON line per text",
@@ -82,8 +117,10 @@ COMMANDS: dict[str, tuple[str, str, Callable, Callable]] = {
         "  routelet route \"what's my account balance\"\n"
         "  routelet route \"book a flight\" --router data/router --top-k 5\n"
         "  printf 'hi\\nsend money\\n' | routelet route --router data/router   # one JSON line per input line\n"
-        "\noutput: {\"route\", \"target\", \"confidence\", \"abstain\", \"top_k\": [{\"route\", \"target\", \"p\"}], "
-        "\"model_version\"}",
+        "\noutput: {\"route\", \"target\", \"p\", \"confidence\", \"abstain\", \"abstain_reason\", "
+        "\"top_k\": [{\"route\", \"target\", \"p\"}], \"tier\", \"model_version\"}\n"
+        "Input with nothing the model can read (empty, emoji, unknown words only) abstains with a reason.\n"
+        "A stdin line that is not UTF-8 is routed with U+FFFD for its bad bytes, and a warning on stderr.",
         _route_arguments,
         _route,
     ),
@@ -106,6 +143,22 @@ COMMANDS: dict[str, tuple[str, str, Callable, Callable]] = {
         "\nAnswers are cached: a re-run pays only for rows not answered before.",
         _llm_baseline_arguments,
         _llm_baseline,
+    ),
+    "promote": (
+        "promote a router folder unless it does worse than the promoted one on the holdout and guard sets",
+        "examples:\n"
+        "  routelet promote data/router                 # settings from params.yaml promote:\n"
+        "  routelet promote data/router --dry-run       # the comparison table and exit code only\n"
+        "  routelet serve --router data/promoted/current  # serves what was promoted\n"
+        "\nexit codes: 0 promoted (or nothing to do), 1 refused (the table says what fell), 2 an error",
+        lambda parser: _promotion("promote_arguments")(parser),
+        lambda args: _promotion("run_promote")(args),
+    ),
+    "rollback": (
+        "go back to the router promoted before the current one (logged in the promotions log)",
+        "examples:\n  routelet rollback\n  routelet rollback --registry data/promoted",
+        lambda parser: _promotion("rollback_arguments")(parser),
+        lambda args: _promotion("run_rollback")(args),
     ),
 }
 
