@@ -21,9 +21,9 @@ import sys
 import yaml
 
 from routelet.data.checks import DataParams, check_dataset, data_params, summary
-from routelet.data.dataset import load_dataset, write_prepared
+from routelet.data.dataset import add_pool_files, load_dataset, write_prepared
 from routelet.data.rows import DataError, Rejected, shown, write_quarantine
-from routelet.paths import CHECKDATA, CHECKDATA_SUMMARY as SUMMARY, PARAMS, PREPARED
+from routelet.paths import AUGMENTED, CHECKDATA, CHECKDATA_SUMMARY as SUMMARY, COLLECTED, PARAMS, PREPARED
 
 QUARANTINE = PREPARED / "quarantine.jsonl"
 SHOWN_LINES = 20  # lines of one kind printed; the report lists them all
@@ -53,12 +53,14 @@ def main() -> int:
     try:
         params = read_params()
         dataset = load_dataset(params.dir, params.taxonomy, params.max_chars, params.valid_fraction, params.seed)
+        pool_files = add_pool_files(dataset, COLLECTED, AUGMENTED, params.max_chars)  # ingest's and augment's rows
     except DataError as error:
         if error.rejected:
             quarantine(error.rejected)
         print(f"checkdata: {error}", file=sys.stderr)
         return 2
     report, details = check_dataset(dataset, params)
+    report["pool_files"] = pool_files
     try:
         write_prepared(dataset, PREPARED)
         quarantine(dataset.rejected)

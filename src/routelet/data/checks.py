@@ -151,6 +151,10 @@ def drop_rows(dataset: Dataset, report: PoolReport, leaks: bool, conflicts: bool
     for conflict in report.conflicts if conflicts else []:
         for s in conflict.rows:
             doomed.setdefault(id(s), (s, f"conflict: the same text has labels {conflict.labels}"))
+    gone = {s.where for s, _ in doomed.values()}
+    for s in dataset.train:  # an augment variant goes with its original
+        if (s.row.meta or {}).get("of") in gone:
+            doomed.setdefault(id(s), (s, f"a variant of {s.row.meta['of']}, which was dropped"))
     dataset.train = [s for s in dataset.train if id(s) not in doomed]
     dataset.calib = [s for s in dataset.calib if id(s) not in doomed]
     ordered = sorted(doomed.values(), key=lambda item: (item[0].file, item[0].line))

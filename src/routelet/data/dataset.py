@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from routelet.data.rows import DataError, Rejected, Sourced, read_jsonl, read_rows, write_jsonl
+from routelet.data.rows import DataError, Rejected, Row, Sourced, read_jsonl, read_rows, write_jsonl
 from routelet.data.taxonomy import Taxonomy
 from routelet.serving.preprocess import preprocess
 
@@ -102,6 +102,29 @@ def load_dataset(
         # Other evaluation sets may use other label sets: only their texts matter for leakage.
         evals[str(path)] = reads.read(path, None, require_label=False)
     return Dataset(taxonomy, train, calib, test, evals, reads.rejected, reads.files, source)
+
+
+def add_pool_files(dataset: Dataset, collected: Path, augmented: Path, max_chars: int) -> dict[str, int]:
+    """Join ingest's labeled pool and augment's variants to the train split (never calibration).
+    collected.jsonl rows are validated like train.jsonl (a label that left the taxonomy is rejected,
+    so quarantined). An augmented row is kept only when its original (`of`, a "<file>:<line>" as
+    Sourced.where names it) is in the train split. Returns counts for the report."""
+    reads = _Reads(max_chars)
+    extra = reads.read(collected, dataset.taxonomy.labels) if collected.is_file() else []
+    dataset.rejected += reads.rejected
+    dataset.files |= reads.files
+    dataset.train = dataset.train + extra
+    in_train = {s.where for s in dataset.train}
+    variants, skipped = [], 0
+    if augmented.is_file():
+        for number, row in enumerate(read_jsonl(augmented), start=1):
+            if row["of"] not in in_train or row["label"] not in dataset.taxonomy.labels:
+                skipped += 1
+                continue
+            meta = {"source": row["source"], "of": row["of"]}
+            variants.append(Sourced(Row(text=row["text"], label=row["label"], meta=meta), str(augmented), number))
+    dataset.train += variants
+    return {"collected": len(extra), "augmented": len(variants), "augmented_not_in_train": skipped}
 
 
 def _check_folder(folder: Path) -> None:
