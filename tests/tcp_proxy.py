@@ -47,8 +47,13 @@ class CuttableProxy:
         with self._lock:
             sockets, self._sockets = self._sockets, []
         for sock in sockets:
-            # linger 0: close() sends a reset, as a killed process's kernel does
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            try:
+                # linger 0: close() sends a reset, as a killed process's kernel does; shutdown()
+                # first, or a pump thread blocked in recv() holds the socket open and nothing is sent.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed by its pump
             sock.close()
 
     def sent(self) -> bytes:
