@@ -374,6 +374,9 @@ class SetfitFamily(EncoderFamily):
     def max_length(self) -> int:
         return self.max_seq_length
 
+    def size_paths(self, folder: Path) -> list[Path]:
+        return [Path(folder)]  # the fine-tuned body is inside it
+
     # -- persistence ----------------------------------------------------------------------------
 
     def save(self, folder: Path) -> None:
