@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup repro test test-fast bench pr-report datasets clean-venv
+.PHONY: setup repro test test-fast bench pr-report screens datasets clean-venv
 
 $(BIN)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -40,6 +40,10 @@ bench: setup $(BIN)/.bench-installed
 BASE ?= main
 pr-report: setup
 	python -m scripts.pr_report --base $(BASE)
+
+# The synthetic screenshot dataset for image routing (seeded: the same bytes every time), 880 images.
+screens: setup
+	python -m scripts.make_screens --out data/screens
 
 # Rebuild the bundled dataset folders from the public releases (SRC: folder holding clinc150/ and banking77/).
 datasets: setup

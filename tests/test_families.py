@@ -43,8 +43,11 @@ def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("ROUTELET_CACHE", str(tmp_path / "cache"))
 
 
+IMAGE_FAMILIES = {"pixels", "image_embed"}  # tested in test_pixels.py and test_image_encoders.py
+
+
 def test_every_registered_family_is_tested():
-    assert registered() == sorted(SETTINGS)
+    assert set(registered()) == set(SETTINGS) | IMAGE_FAMILIES
 
 
 @pytest.mark.parametrize("name", sorted(SETTINGS))
@@ -101,7 +104,7 @@ def test_centroid_is_cosine_to_label_means(data, encoder):
 
 
 @pytest.mark.parametrize("entry, message", [
-    ({"family": "xgboost"}, "family 'xgboost' is not registered; choose one of: centroid, embed, setfit, tfidf"),
+    ({"family": "xgboost"}, "family 'xgboost' is not registered; choose one of: centroid, embed, image_embed, pixels, setfit, tfidf"),
     ({"family": "tfidf", "C": 1, "depth": 3}, "train.x: unknown setting 'depth' for family 'tfidf'"),
 ])
 def test_config_errors_name_the_key_and_the_choices(entry, message):

@@ -14,10 +14,11 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator,
+                      model_validator)
 
 from routelet.serving.preprocess import PREPROCESS_VERSION
 
@@ -144,6 +145,44 @@ class TextInput(BaseModel):
     max_length: int | None = Field(None, ge=1)
 
 
+class ImageInput(BaseModel):
+    """Image in (routelet.serving.image_input): decode with the guards below, RGB (transparency on
+    white), resize (`shortest_edge`, or exactly `height` x `width`) with PIL filter `resample`,
+    centre-crop to `crop` [height, width] when set, then (x * rescale - mean) / std per channel:
+    what the encoder's image processor did at training, reproduced with numpy and Pillow."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    modality: Literal["image"] = "image"
+    shortest_edge: int | None = Field(None, ge=1)
+    height: int | None = Field(None, ge=1)
+    width: int | None = Field(None, ge=1)
+    crop: tuple[int, int] | None = None
+    resample: int = Field(3, ge=0, le=5)  # PIL.Image.Resampling: 2 bilinear, 3 bicubic
+    rescale: float = 1 / 255
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    max_bytes: int = Field(20_000_000, ge=1)  # a larger upload or file is refused before decoding
+    max_pixels: int = Field(40_000_000, ge=1)  # decompression-bomb guard: width x height, read from the header
+
+    @model_validator(mode="after")
+    def _one_size(self) -> ImageInput:
+        if (self.shortest_edge is None) == (self.height is None or self.width is None):
+            raise ValueError("set either shortest_edge or both height and width")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("std must be positive")
+        return self
+
+
+def _modality(value) -> str:
+    """The `input` block's modality; a block without one is text (format 2 routers before images)."""
+    return value.get("modality", "text") if isinstance(value, dict) else getattr(value, "modality", "text")
+
+
+InputBlock = Annotated[Annotated[TextInput, Tag("text")] | Annotated[ImageInput, Tag("image")],
+                       Discriminator(_modality)]
+
+
 class Tier(BaseModel):
     """One model in the router folder. Tiers answer in order: a tier with `accept` answers alone
     when its top route is not the reject route and its confidence is at least `accept`; the last
@@ -152,7 +191,7 @@ class Tier(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     family: str
-    kind: Literal["onnx", "tfidf"]
+    kind: Literal["onnx", "tfidf", "image_onnx", "pixels"]
     files: dict[str, str]
     temperature: float = Field(gt=0)  # already folded into the model files; kept for people and re-exports
     accept: float | None = Field(None, ge=0.0, le=1.0)
@@ -176,7 +215,7 @@ class RouterInfo(BaseModel):
     labels: list[str] = Field(min_length=1)
     routes: list[Route] = Field(min_length=1)
     reject_route: str | None = None
-    input: TextInput = Field(default_factory=TextInput)
+    input: InputBlock = Field(default_factory=TextInput)
     preprocess_version: str
     abstain: Policy = Field(default_factory=Policy)
     tiers: list[Tier] = Field(min_length=1)

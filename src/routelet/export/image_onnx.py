@@ -1,0 +1,142 @@
+"""Export an image encoder tier: the encoder as its own content-addressed ONNX graph
+(pixel_values -> embedding) and the linear head as head.npz, served by
+routelet.serving.image_models.OnnxImageModel.
+
+    fields = export_image_tier(encoder, head, temperature, Path("data/router"), options)
+
+The encoder file is named by its key (weights, pooling, pixel recipe, int8 mode, opset, torch):
+encoder-<key>.onnx, built once into the cache (.cache/routelet/onnx/<key>/) and copied from there,
+so a head-only change (a new class) re-exports only head.npz. int8 (onnxruntime dynamic
+quantisation of the MatMul/Gemm weights of a ViT: DINOv2, CLIP, SigLIP) ships when the int8 encoder and
+the fp32 encoder give the same top label on at least min_agreement (0.995) of the calibration
+images through this head; otherwise fp32 ships, and router.json's tier `quantization` says which,
+with the agreement measured. The fp32 graph itself must match torch (embeddings within 1e-3
+relative), or the export fails: that is an export bug, not a precision trade-off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from routelet.families.base import ExportOptions
+from routelet.families.encoders import CACHE_ROOT
+from routelet.families.head import LinearHead
+from routelet.families.image_encoders import ImageEncoder, as_image
+from routelet.serving.image_input import pixel_values
+from routelet.serving.onnx_model import _session
+
+OPSET = 17
+MIN_AGREEMENT = 0.995
+HEAD_FILE = "head.npz"
+CALIBRATION_IMAGES = 200  # calibration images the int8 decision looks at: enough to see 1 in 200
+# Encoders whose weights sit in convolutions, not MatMuls: dynamic int8 has nothing worth doing.
+CONVNETS = {"efficientnet": "a convnet: dynamic int8 would quantise its convolutions, measured on data/screens at "
+                            "cosine 0.56 to fp32 and 6x slower (ConvInteger), so fp32 ships"}
+
+
+def encoder_key(encoder: ImageEncoder, int8: bool) -> str:
+    import torch
+
+    raw = json.dumps([encoder.key, int8, OPSET, torch.__version__])
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def export_image_tier(encoder: ImageEncoder, head: LinearHead, temperature: float, out: Path,
+                      options: ExportOptions, min_agreement: float = MIN_AGREEMENT) -> dict:
+    """Write encoder-<key>.onnx and head.npz into `out`; return the router.json tier fields."""
+    out.mkdir(parents=True, exist_ok=True)
+    images = [as_image(x) for x in options.calibration[:CALIBRATION_IMAGES]]
+    fp32 = cached_encoder(encoder, int8=False)
+    check_fp32(encoder, fp32, images)
+    quantization = {"int8": "fp32", "agreement": None, "checked_on": 0}
+    chosen = fp32
+    if options.int8 != "fp32" and encoder.arch in CONVNETS:
+        quantization["reason"] = CONVNETS[encoder.arch]
+    elif options.int8 != "fp32":
+        if not images:
+            warnings.warn("image export: no calibration images, so int8 cannot be checked; shipping fp32", stacklevel=2)
+        else:
+            int8 = cached_encoder(encoder, int8=True)
+            agreement = top_label_agreement(fp32, int8, head, images, encoder)
+            quantization = {"int8": "dynamic" if agreement >= min_agreement else "fp32",
+                            "agreement": round(agreement, 4), "checked_on": len(images),
+                            "fell_back": agreement < min_agreement}
+            chosen = int8 if agreement >= min_agreement else fp32
+    name = f"encoder-{chosen.parent.name}.onnx"
+    _place(chosen, out / name)
+    np.savez(out / HEAD_FILE, coef=head.coef / temperature, intercept=head.intercept / temperature)
+    return {"kind": "image_onnx", "files": {"model": name, "head": HEAD_FILE}, "quantization": quantization,
+            "encoder": {"name": encoder.name, "arch": encoder.arch, "pooling": encoder.pooling, "key": encoder.key}}
+
+
+def cached_encoder(encoder: ImageEncoder, int8: bool, root: Path | None = None) -> Path:
+    """The encoder graph for this key, exported (and quantised) on first use."""
+    folder = Path(root or CACHE_ROOT) / "onnx" / encoder_key(encoder, int8)
+    path = folder / "encoder.onnx"
+    if path.is_file():
+        return path
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = folder / "encoder.tmp.onnx"
+    if int8:
+        _quantize(cached_encoder(encoder, int8=False, root=root), staging, encoder.arch)
+    else:
+        _export(encoder, staging)
+    os.replace(staging, path)  # a killed export never leaves a half graph under the final name
+    return path
+
+
+def _export(encoder: ImageEncoder, path: Path) -> None:
+    import torch
+
+    height, width = encoder.input.crop or (encoder.input.height or encoder.input.shortest_edge,
+                                            encoder.input.width or encoder.input.shortest_edge)
+    sample = torch.zeros((2, 3, height, width))
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(encoder.module, (sample,), str(path), input_names=["pixel_values"],
+                          output_names=["embedding"], dynamic_axes={"pixel_values": {0: "batch"}, "embedding": {0: "batch"}},
+                          opset_version=OPSET, dynamo=False)
+
+
+def _quantize(fp32: Path, path: Path, arch: str) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(fp32), str(path), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+
+
+def _run(path: Path, images: list, encoder: ImageEncoder) -> np.ndarray:
+    session = _session(path, 1)
+    return np.concatenate([session.run(["embedding"], {"pixel_values": pixel_values(images[i:i + 16], encoder.input)})[0]
+                           for i in range(0, len(images), 16)])
+
+
+def check_fp32(encoder: ImageEncoder, path: Path, images: list) -> None:
+    from PIL import Image
+
+    probe = images[:8] or [Image.new("RGB", (64, 48), (90, 140, 200))]
+    exported, reference = _run(path, probe, encoder), encoder.embed(probe)
+    error = np.abs(exported - reference).max() / max(np.abs(reference).max(), 1e-6)
+    if not error < 1e-3:
+        raise RuntimeError(f"{path}: the ONNX encoder differs from torch by {error:.2e} (relative): an export bug; "
+                           "delete the folder to rebuild it, and report it with the encoder's name")
+
+
+def top_label_agreement(fp32: Path, int8: Path, head: LinearHead, images: list, encoder: ImageEncoder) -> float:
+    a = head.logits(_run(fp32, images, encoder)).argmax(axis=1)
+    b = head.logits(_run(int8, images, encoder)).argmax(axis=1)
+    return float((a == b).mean())
+
+
+def _place(source: Path, target: Path) -> None:
+    if target.is_file() and target.stat().st_size == source.stat().st_size:
+        return  # content-addressed: the same name is the same graph
+    # A copy, not a link: DVC owns the router folder and may move or protect what is in it.
+    shutil.copyfile(source, target)

@@ -1,0 +1,137 @@
+"""Image export and the torch-free runtime: tiny DINOv2, CLIP and SigLIP encoders export to
+encoder-<key>.onnx + head.npz, router.json carries the image input block, and the served
+probabilities equal the trained model's; int8 ships only where the parity gate holds; a head-only
+change reuses the content-addressed encoder file."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+from tiny_vision import build_tiny_vision
+
+from routelet.families.base import ExportOptions
+from routelet.families.encoders import EncoderSpec
+from routelet.families.image_embed import ImageEmbedFamily
+from routelet.serving.image_input import open_image
+from routelet.serving.image_models import OnnxImageModel, load_image_tier, probe_image
+from routelet.serving.preprocess import PREPROCESS_VERSION
+from routelet.serving.router_format import FORMAT_VERSION, Route, RouterError, RouterInfo, Tier, softmax
+
+
+def data(n: int, seed: int) -> tuple[list[Image.Image], list[str]]:
+    """Three visually distinct classes: dark with a light bar, light with a dark bar, stripes."""
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for i in range(n):
+        label = ("dark", "light", "stripes")[i % 3]
+        w, h = int(rng.integers(30, 90)), int(rng.integers(30, 90))
+        base = {"dark": 30, "light": 220, "stripes": 128}[label]
+        array = np.clip(rng.normal(base, 20, (h, w, 3)), 0, 255).astype(np.uint8)
+        if label == "stripes":
+            array[::4] = 0
+        else:
+            array[h // 3: h // 2] = 255 - base
+        images.append(Image.fromarray(array))
+        labels.append(label)
+    return images, labels
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("vision")
+    return {arch: build_tiny_vision(root, arch) for arch in ("dinov2", "clip", "siglip")}
+
+
+def cache(monkeypatch, tmp_path) -> None:
+    """Embeddings and encoder graphs in the test's own folder."""
+    monkeypatch.setattr("routelet.export.image_onnx.CACHE_ROOT", tmp_path / "cache")
+    monkeypatch.setattr("routelet.families.image_encoders.CACHE_ROOT", tmp_path / "cache")
+
+
+def router(family, fields: dict, out, temperature: float) -> RouterInfo:
+    info = RouterInfo(format_version=FORMAT_VERSION, model_version="t", family="image_embed", labels=family.labels_,
+                      routes=[Route(name=label) for label in family.labels_], input=family.input_spec(),
+                      preprocess_version=PREPROCESS_VERSION, tiers=[Tier(family="image_embed", temperature=temperature,
+                                                                         **fields)])
+    info.write(out)
+    return RouterInfo.read(out)
+
+
+@pytest.mark.parametrize("arch", ["dinov2", "clip", "siglip"])
+def test_export_then_torch_free_runtime_gives_the_trained_probabilities(tiny, tmp_path, monkeypatch, arch):
+    cache(monkeypatch, tmp_path)
+    train, labels = data(30, 0)
+    held, _ = data(12, 1)
+    family = ImageEmbedFamily(EncoderSpec(arch, str(tiny[arch]), "image"), C=10.0).fit(train, labels)
+    temperature = 1.7
+    fields = family.export(tmp_path, tmp_path / "router", temperature, ExportOptions(int8="fp32"))
+    assert fields["kind"] == "image_onnx" and fields["files"]["model"].startswith("encoder-")
+    info = router(family, fields, tmp_path / "router", temperature)
+    assert info.input.modality == "image"
+    model = load_image_tier(tmp_path / "router", info, info.tiers[0])
+    served = model([open_image(_bytes(image), info.input) for image in held])
+    expected = softmax(family.reference([_reopen(image) for image in held]), temperature)
+    np.testing.assert_allclose(served, expected, atol=1e-4)
+    assert model([probe_image()]).shape == (1, 3)
+
+
+def _bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _reopen(image: Image.Image) -> Image.Image:
+    return Image.open(io.BytesIO(_bytes(image)))
+
+
+def test_int8_ships_only_where_the_parity_gate_holds_and_router_json_says_so(tiny, tmp_path, monkeypatch):
+    cache(monkeypatch, tmp_path)
+    train, labels = data(30, 0)
+    family = ImageEmbedFamily(EncoderSpec("dinov2", str(tiny["dinov2"]), "image")).fit(train, labels)
+    calibration = tuple(data(20, 2)[0])
+    strict = family.export(tmp_path, tmp_path / "strict", 1.0, ExportOptions(int8="dynamic", calibration=calibration))
+    quantization = strict["quantization"]
+    assert quantization["checked_on"] == 20 and 0.0 <= quantization["agreement"] <= 1.0
+    assert quantization["int8"] == ("dynamic" if quantization["agreement"] >= 0.995 else "fp32")
+    from routelet.export.image_onnx import export_image_tier
+
+    never = export_image_tier(family.image_encoder(), family.head_, 1.0, tmp_path / "never",
+                              ExportOptions(int8="dynamic", calibration=calibration), min_agreement=1.01)
+    assert never["quantization"]["int8"] == "fp32" and never["quantization"]["fell_back"] is True
+    info = router(family, never, tmp_path / "never", 1.0)
+    assert info.tiers[0].quantization["fell_back"] is True
+    none = family.export(tmp_path, tmp_path / "none", 1.0, ExportOptions(int8="dynamic"))
+    assert none["quantization"]["int8"] == "fp32"  # nothing to check int8 on: fp32, never unchecked int8
+
+
+def test_a_new_class_reexports_only_the_head(tiny, tmp_path, monkeypatch):
+    cache(monkeypatch, tmp_path)
+    train, labels = data(30, 0)
+    spec = EncoderSpec("dinov2", str(tiny["dinov2"]), "image")
+    first = ImageEmbedFamily(spec).fit(train[:20], [x if x != "stripes" else "dark" for x in labels[:20]])
+    a = first.export(tmp_path, tmp_path / "a", 1.0, ExportOptions(int8="fp32"))
+    cached = next((tmp_path / "cache" / "onnx").glob("*/encoder.onnx"))
+    built = cached.stat().st_mtime_ns
+    second = ImageEmbedFamily(spec).fit(train, labels)
+    b = second.export(tmp_path, tmp_path / "b", 1.0, ExportOptions(int8="fp32"))
+    assert a["files"]["model"] == b["files"]["model"] and cached.stat().st_mtime_ns == built
+    assert (tmp_path / "a" / a["files"]["model"]).read_bytes() == (tmp_path / "b" / b["files"]["model"]).read_bytes()
+    assert len(second.labels_) == 3 and len(first.labels_) == 2
+
+
+def test_a_broken_image_router_folder_names_the_file(tiny, tmp_path, monkeypatch):
+    cache(monkeypatch, tmp_path)
+    train, labels = data(12, 0)
+    family = ImageEmbedFamily(EncoderSpec("siglip", str(tiny["siglip"]), "image")).fit(train, labels)
+    fields = family.export(tmp_path, tmp_path / "r", 1.0, ExportOptions(int8="fp32"))
+    info = router(family, fields, tmp_path / "r", 1.0)
+    (tmp_path / "r" / "head.npz").write_bytes(b"not numpy")
+    with pytest.raises(RouterError, match="head.npz: not a readable head file"):
+        OnnxImageModel(tmp_path / "r", info.tiers[0].files, info.labels, info.input)
+    (tmp_path / "r" / fields["files"]["model"]).write_bytes(b"garbage")
+    with pytest.raises(RouterError, match="onnxruntime cannot load it"):
+        OnnxImageModel(tmp_path / "r", info.tiers[0].files, info.labels, info.input)
