@@ -28,6 +28,7 @@ import numpy as np
 from routelet.data.images import read_image_rows
 from routelet.data.taxonomy import Taxonomy
 from routelet.evaluation.calibration import ece, fit_temperature_routes
+from routelet.export.ship import image_router
 from routelet.families.base import ExportOptions
 from routelet.families.encoders import EncoderSpec
 from routelet.families.image_embed import ImageEmbedFamily
@@ -120,10 +121,8 @@ def add_class(data_folder: Path, work: Path) -> dict:
     family = ImageEmbedFamily(EFFNET).fit(*train)
     folder = export(family, "image_embed", 1.0, taxonomy, valid[0], work / "router_added")
     info = RouterInfo.read(folder)
-    model = load_image_tier(folder, info, info.tiers[0])
     new = [p for p, label in zip(*split(copy, "test", taxonomy)) if label == "ocr_document"]
-    routed = np.array(info.route_names)[(model([open_image(Path(p).read_bytes(), info.input) for p in new])
-                                         @ info.route_matrix()).argmax(axis=1)]
+    routed = np.array(info.route_names)[(image_router(folder)(new) @ info.route_matrix()).argmax(axis=1)]
     return {"seconds": round(time.perf_counter() - start, 1), "new_class_test_images": len(new),
             "routed_to_new_class": round(float((routed == "ocr_document").mean()), 3)}
 

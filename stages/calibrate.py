@@ -29,7 +29,7 @@ from routelet.evaluation.calibration import (
     risk_coverage,
 )
 from routelet.evaluation.plots import reliability_figure, risk_coverage_figure
-from routelet.families import build_family, family_class, load_trained, training_labels
+from routelet.families import build_family, family_class, load_trained, trained_names, training_labels
 from routelet.families.encoders import EncoderSpec
 from routelet.params import load_params, run
 from routelet.paths import CALIBRATION, ENCODER, FIGURES, PLOTS, PREPARED
@@ -40,10 +40,10 @@ def calibration_rows(name: str, trained, prepared, params: dict) -> tuple[np.nda
     `calibrate.cv_below`, out-of-fold logits over train + calibration (the family refitted per fold)."""
     config = params["calibrate"]
     if len(prepared.splits["calib"]) >= config["cv_below"]:
-        return trained.model.logits(prepared.texts("calib")), prepared.route_ids("calib"), "calibration split"
+        return trained.model.logits(prepared.inputs("calib")), prepared.route_ids("calib"), "calibration split"
     entry = params["train"][name]
     encoder = EncoderSpec.read(ENCODER) if family_class(entry["family"]).uses_encoder else None
-    texts = prepared.texts("train") + prepared.texts("calib")
+    texts = prepared.inputs("train") + prepared.inputs("calib")
     fine = prepared.labels("train") + prepared.labels("calib")
     labels = training_labels(fine, prepared.taxonomy, trained.level)
     logits = out_of_fold_logits(lambda: build_family(name, entry, params["seed"], encoder)[0], texts, labels,
@@ -82,7 +82,7 @@ def main() -> None:
     params = load_params()
     prepared = load_prepared(PREPARED)
     results, reliabilities, risks = {}, {}, {}
-    for name in params["train"]:
+    for name in trained_names(params["train"]):  # families skipped for the dataset's modality have no model
         results[name], reliabilities[name], risks[name] = calibrate_family(name, prepared, params)
         cal = results[name]
         print(f"calibrate: {name}: T={cal['temperature']}, ECE {cal['before']['ece']:.4f} -> {cal['after']['ece']:.4f}, "

@@ -38,8 +38,8 @@ def main() -> int:
     calibration = json.loads(CALIBRATION.read_text())
     name, choice = choose_family(calibration, config["ship"], {n: trained_class(n) for n in calibration}, config["tie"])
     names = resolve_tiers(config.get("tiers", "auto"), name, list(calibration))
-    tiers, texts = [load_trained(n) for n in names], prepared.texts("test")
-    options = ExportOptions(config["int8"], config["outlier_channels"], tuple(prepared.texts("calib")))
+    tiers, texts = [load_trained(n) for n in names], prepared.inputs("test")
+    options = ExportOptions(config["int8"], config["outlier_channels"], tuple(prepared.inputs("calib")))
     hashes = {"taxonomy": prepared.taxonomy.digest(),
               **{f"{split}_sha256": sha256_file(PREPARED / f"{split}.jsonl") for split in ("train", "calib", "test")}}
     print(f"export_onnx: shipping {' then '.join(names)} "
@@ -50,7 +50,7 @@ def main() -> int:
         staged = Path(scratch) / "router"
         try:
             info, gate, shipped = export_router(tiers, MODELS, calibration, prepared.taxonomy, options, staged, hashes,
-                                                texts, (prepared.texts("calib"), prepared.route_ids("calib")), config)
+                                                texts, (prepared.inputs("calib"), prepared.route_ids("calib")), config)
         except ParityError as error:
             print(f"export_onnx: {error}", file=sys.stderr)
             return 1

@@ -13,6 +13,7 @@ steps are in routelet/data/ingest.py. A run with nothing new changes no file.
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 
 from pydantic import ValidationError
 
@@ -62,6 +63,10 @@ def main() -> int:
         config, data = read_config(params), data_params(params)
         dataset = load_dataset(data.dir, data.taxonomy, data.max_chars, data.valid_fraction, data.seed)
         files = IngestFiles(paths.SAMPLES / PULLED, paths.COLLECTED, paths.INGEST_STATE, paths.EVALS)
+        if dataset.modality == "image":  # the samples are texts: none can join an image dataset, none is sent
+            print("ingest: an image dataset: text samples are not ingested")
+            dataset = replace(dataset, train=[], calib=[], test=[], evals={})
+            files = replace(files, samples=paths.SAMPLES / "no-text-samples-for-an-image-dataset")
         outcome = ingest(dataset, files, config, seed=params["seed"], max_chars=data.max_chars)
     except (DataError, ValueError) as error:
         print(f"ingest: error: {error}", file=sys.stderr)

@@ -4,7 +4,9 @@
 
 Reads params `learning_curve.*`, `seed`, `train` (each listed family's settings); data/prepared,
 data/encoder.json. Writes report/plots/learning_curve/<family>.json (a DVC plot, one series per
-family) and a figure.
+family) and a figure. A listed family of another modality than the dataset is passed by, saying so;
+when none is left (the text families listed, an image dataset), every `train` family of the dataset's
+modality is measured instead.
 """
 
 from __future__ import annotations
@@ -20,6 +22,17 @@ from routelet.params import load_params, run
 from routelet.paths import ENCODER, FIGURES, PLOTS, PREPARED
 
 
+def families(listed: list[str], train: dict, modality: str) -> list[str]:
+    """The listed families that take the dataset's modality, else every `train` entry that does."""
+    def fits(name: str) -> bool:
+        return family_class(train[name]["family"]).modality == modality
+
+    for name in listed:
+        if not fits(name):
+            print(f"learning_curve: {name} skipped: family {train[name]['family']!r} does not take {modality} input")
+    return [name for name in listed if fits(name)] or [name for name in train if fits(name)]
+
+
 def main() -> None:
     params = load_params()
     config, seed = params["learning_curve"], params["seed"]
@@ -29,7 +42,7 @@ def main() -> None:
     folder.mkdir(parents=True, exist_ok=True)
     key = "in_scope_accuracy" if prepared.reject_id is not None else "accuracy"
     curves = {}
-    for name in config["families"]:
+    for name in families(config["families"], params["train"], prepared.modality):
         entry = params["train"][name]
         encoder = EncoderSpec.read(ENCODER) if family_class(entry["family"]).uses_encoder else None
         points = learning_curve(lambda: build_family(name, entry, seed, encoder), prepared, sizes, seed, name)

@@ -21,10 +21,12 @@ from routelet.data.dataset import load_prepared
 from routelet.data.rows import sha256_file
 from routelet.evaluation.plots import confusion_figure, scatter_figure
 from routelet.evaluation.report import evaluate, folder_megabytes, llm_baselines, router_latency, single_query_latency
-from routelet.families import MODELS, load_trained
+from routelet.export.ship import image_router
+from routelet.families import MODELS, load_trained, trained_names
 from routelet.params import load_params, run
 from routelet.paths import BASELINES, CALIBRATION, DETAILS, EXPORT, FIGURES, METRICS, PLOTS, PREPARED, ROUTER, TIMINGS
 from routelet.serving import gate
+from routelet.serving.router_format import RouterInfo
 from routelet.serving.runtime import Router
 
 
@@ -51,12 +53,12 @@ def main() -> None:
     calibration = json.loads(CALIBRATION.read_text())
     shipped = json.loads(EXPORT.read_text())
     names, reject = prepared.taxonomy.route_names, prepared.reject_id
-    y, texts = prepared.route_ids("test"), prepared.texts("test")
+    y, texts = prepared.route_ids("test"), prepared.inputs("test")
     n = params["report"]["latency_queries"]
     sample = texts[:: max(1, len(texts) // n)][:n]
 
     metrics, timings, details = {}, {}, {}
-    for name in params["train"]:
+    for name in trained_names(params["train"]):  # families skipped for the dataset's modality have no model
         trained = load_trained(name)
         result = evaluate(trained.route_probs(texts, prepared.taxonomy, calibration[name]["temperature"]), y, names,
                           reject, calibration[name])
@@ -66,7 +68,39 @@ def main() -> None:
             "size_mb": folder_megabytes(*trained.model.size_paths(MODELS / name))}
         print(f"report: {name}: {metrics[name]} {timings[name]}")
 
-    router = Router.load(ROUTER, threads=1)
+    family = RouterInfo.read(ROUTER).family
+    if prepared.modality == "image":
+        guards = {}  # the guard sets are texts
+        measure_image_router(texts, sample, (y, names, reject), calibration[family], metrics, timings, details)
+    else:
+        router = Router.load(ROUTER, threads=1)
+        measure_routers(router, texts, sample, (y, names, reject), calibration, metrics, timings, details)
+        guards = guard_scores(router, params["promote"]["guards"])
+    details["router"]["choice"] = shipped["choice"]
+    for model, scores in llm_baselines(BASELINES, sha256_file(PREPARED / "test.jsonl")).items():
+        metrics[f"llm:{model}"] = scores
+
+    METRICS.write_text(json.dumps({"holdout": metrics, "guards": guards}, indent=2) + "\n")
+    TIMINGS.write_text(json.dumps({"holdout": timings}, indent=2) + "\n")
+    DETAILS.write_text(json.dumps({"holdout": details, "routes": names}, indent=2) + "\n")
+
+    matrix = details["router"]["confusion"]
+    records = [{"actual": names[i], "predicted": names[j]} for i, row in enumerate(matrix)
+               for j, count in enumerate(row) for _ in range(count)]
+    PLOTS.mkdir(parents=True, exist_ok=True)
+    (PLOTS / "confusion.json").write_text(json.dumps(records) + "\n")
+    confusion_figure(matrix, names, f"shipped router ({family}) on the holdout, with abstention",
+                     FIGURES / "confusion.png")
+    key = "in_scope_accuracy" if reject is not None else "accuracy"
+    scatter_figure({n: (timings[n]["p50_ms"], m[key]) for n, m in metrics.items() if n in timings},
+                   "single-query p50 latency, ms (log)", key.replace("_", " "), "Accuracy vs latency",
+                   FIGURES / "accuracy_vs_latency.png", log_x=True)
+
+
+def measure_routers(router: Router, texts, sample, truth, calibration, metrics, timings, details) -> None:
+    """The shipped text router through the runtime, and each of its tiers alone when it has several.
+    `truth`: the holdout's route ids, the route names and the reject route's index."""
+    y, names, reject = truth
     for key, folder in routers(router).items():
         served = router if folder == ROUTER else Router.load(folder, threads=1)
         probs, by = served.decide(texts)
@@ -76,26 +110,16 @@ def main() -> None:
         details[key] = result["detail"] | {"family": served.info.family, "tiers": served.tier_names}
         timings[key] = router_latency(served, sample) | {"size_mb": folder_megabytes(folder)}
         print(f"report: {key}: {metrics[key]} {timings[key]}")
-    details["router"]["choice"] = shipped["choice"]
-    for model, scores in llm_baselines(BASELINES, sha256_file(PREPARED / "test.jsonl")).items():
-        metrics[f"llm:{model}"] = scores
 
-    METRICS.write_text(json.dumps({"holdout": metrics, "guards": guard_scores(router, params["promote"]["guards"])},
-                                  indent=2) + "\n")
-    TIMINGS.write_text(json.dumps({"holdout": timings}, indent=2) + "\n")
-    DETAILS.write_text(json.dumps({"holdout": details, "routes": names}, indent=2) + "\n")
 
-    matrix = details["router"]["confusion"]
-    records = [{"actual": names[i], "predicted": names[j]} for i, row in enumerate(matrix)
-               for j, count in enumerate(row) for _ in range(count)]
-    PLOTS.mkdir(parents=True, exist_ok=True)
-    (PLOTS / "confusion.json").write_text(json.dumps(records) + "\n")
-    confusion_figure(matrix, names, f"shipped router ({router.info.family}) on the holdout, with abstention",
-                     FIGURES / "confusion.png")
-    key = "in_scope_accuracy" if reject is not None else "accuracy"
-    scatter_figure({n: (timings[n]["p50_ms"], m[key]) for n, m in metrics.items() if n in timings},
-                   "single-query p50 latency, ms (log)", key.replace("_", " "), "Accuracy vs latency",
-                   FIGURES / "accuracy_vs_latency.png", log_x=True)
+def measure_image_router(paths, sample, truth, calibration: dict, metrics, timings, details) -> None:
+    """The shipped image router (one tier), torch-free from its folder, on the holdout's image files."""
+    (y, names, reject), info, predict = truth, RouterInfo.read(ROUTER), image_router(ROUTER)
+    result = evaluate(predict(paths) @ info.route_matrix(), y, names, reject, calibration)
+    metrics["router"] = result["headline"] | {"answered_share": {info.family: 1.0}}
+    details["router"] = result["detail"] | {"family": info.family, "tiers": [info.family]}
+    timings["router"] = single_query_latency(predict, sample) | {"size_mb": folder_megabytes(ROUTER)}
+    print(f"report: router: {metrics['router']} {timings['router']}")
 
 
 def routers(router: Router) -> dict:

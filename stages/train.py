@@ -5,7 +5,9 @@
 The entry names its `family` (a module of routelet.families ending in a `FAMILY = ...` line), the label `level` (fine, the
 default: route by summing fine-label probabilities; or route) and its `input`: data/prepared for a
 family without an encoder, data/encoder.json for one that uses the `model` encoder. The rest are
-the family's hyperparameters. Writes data/models/<family>/.
+the family's hyperparameters. Writes data/models/<family>/. A family of another modality than the
+dataset (an image family on text data, a text one on screenshots) is skipped: its folder holds only
+family.json with the reason, and the later stages pass it by (routelet.families.trained_names).
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from routelet.data.dataset import load_prepared
-from routelet.families import build_family, family_class, save_trained, training_labels
+from routelet.data.dataset import load_prepared, prepared_modality
+from routelet.families import build_family, family_class, save_skipped, save_trained, training_labels
 from routelet.families.encoders import EncoderSpec
 from routelet.params import ConfigError, load_params, run
 from routelet.paths import ENCODER, PREPARED
@@ -34,10 +36,16 @@ def main() -> None:
     if entry["input"] != expected:
         raise ConfigError(f"params.yaml: train.{name}.input is {entry['input']!r}; family {entry['family']!r} "
                           f"{'uses' if cls.uses_encoder else 'uses no'} encoder, so set it to {expected!r}")
+    modality = prepared_modality(PREPARED)
+    if cls.modality != modality:
+        reason = f"family {entry['family']!r} takes {cls.modality} input; the dataset is {modality}"
+        save_skipped(name, entry["family"], reason)
+        print(f"train: {name} skipped: {reason}")
+        return
     encoder = EncoderSpec.read(ENCODER) if cls.uses_encoder else None
     family, level = build_family(name, entry, params["seed"], encoder)
     prepared = load_prepared(PREPARED)
-    texts, labels = prepared.texts("train"), training_labels(prepared.labels("train"), prepared.taxonomy, level)
+    texts, labels = prepared.inputs("train"), training_labels(prepared.labels("train"), prepared.taxonomy, level)
     start = time.perf_counter()
     save_trained(name, family.fit(texts, labels), level)
     print(f"train: {name} ({entry['family']}, {level} labels): {len(texts)} rows, {len(family.labels_)} classes, "

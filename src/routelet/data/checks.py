@@ -15,14 +15,21 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from routelet.data.dataset import Dataset
+from routelet.data.images import ImageLeak, ImageSourced, image_conflicts, image_leaks
 from routelet.data.rows import DataError, Sourced, shown
 from routelet.data.taxonomy import Taxonomy
 from routelet.paths import PARAMS, PREPARED
 from routelet.serving.preprocess import normalise, preprocess, redact
 
+# A perceptual-hash match is a leak only when 32x32 colour thumbnails also agree to this mean absolute
+# difference (of 255): on data/screens, re-encoded, resized or cropped copies differ by <= 2, while
+# distinct screenshots of one layout that the 64-bit greyscale hash cannot tell apart differ by >= 8.8.
+THUMB_SIDE, THUMB_NEAR = 32, 4.0
 SHOWN_PLACES = 5  # file:line places quoted in one message; the report lists them all
 LISTED = 200  # rejected lines listed in the report, which is committed: the quarantine has them all
 GONE = {"evals": "removed: a dataset folder's evaluation sets are its test.jsonl and its evals/ subfolder"}
@@ -211,12 +218,11 @@ def route_lines(empty: list[str], thin: dict[str, int], params: DataParams) -> t
     return failures, warnings
 
 
-def check_dataset(dataset: Dataset, params: DataParams) -> tuple[dict, list[str]]:
-    """Run every check and drop what the params say to drop. Returns the report and one line per
-    leak or conflict that fails the run (texts redacted in both)."""
+def check_text_pool(dataset: Dataset, params: DataParams) -> tuple[dict, list, list[str], list[str]]:
+    """Leaks and conflicts of a text dataset: (report fields, dropped, detail lines, failures)."""
     pool = check_pool({"train": dataset.train, "calib": dataset.calib}, dataset.evals)
     dropped = drop_rows(dataset, pool, params.on_leak == "drop", params.on_conflict == "drop")
-    failures, details = over_share(dataset, params.max_rejected_share), []
+    failures, details = [], []
     if params.on_leak == "fail" and pool.leaks:
         details += map(str, pool.leaks)
         failures.append(f"{len(pool.leaks)} pool row(s) repeat an evaluation text: remove them or set "
@@ -224,18 +230,77 @@ def check_dataset(dataset: Dataset, params: DataParams) -> tuple[dict, list[str]
     if params.on_conflict == "fail" and pool.conflicts:
         details += map(str, pool.conflicts)
         failures.append(f"{len(pool.conflicts)} text(s) have two labels: fix them or set data.on_conflict=drop")
+    return pool.as_dict(), dropped, details, failures
+
+
+def _image_conflict_line(group: list[ImageSourced]) -> str:
+    places = [s.where for s in group]
+    more = f" and {len(places) - SHOWN_PLACES} more" if len(places) > SHOWN_PLACES else ""
+    return (f"conflict: image {group[0].row.image} (same bytes) has labels {sorted({s.row.label for s in group})} "
+            f"at {', '.join(places[:SHOWN_PLACES])}{more}")
+
+
+def _thumbnail(row: ImageSourced) -> np.ndarray:
+    with Image.open(row.path) as image:
+        return np.asarray(image.convert("RGB").resize((THUMB_SIDE, THUMB_SIDE), Image.BILINEAR, reducing_gap=3.0),
+                          np.float32)
+
+
+def confirmed(leak: ImageLeak) -> bool:
+    """Same bytes, or a perceptual-hash match whose colour thumbnails agree too."""
+    return leak.kind == "same bytes" or float(np.abs(_thumbnail(leak.pool) - _thumbnail(leak.held)).mean()) <= THUMB_NEAR
+
+
+def check_image_pool(dataset: Dataset, params: DataParams) -> tuple[dict, list, list[str], list[str]]:
+    """The image analogue of check_text_pool: leaks by exact bytes or perceptual hash, conflicts by
+    identical bytes under two labels."""
+    leaks = [leak for leak in image_leaks(dataset.train + dataset.calib, dataset.evals) if confirmed(leak)]
+    conflicts = image_conflicts(dataset.train + dataset.calib)
+    doomed: dict[int, tuple[ImageSourced, str]] = {}
+    for leak in leaks if params.on_leak == "drop" else []:
+        doomed[id(leak.pool)] = (leak.pool, f"leakage ({leak.kind}): repeats {leak.held.where}")
+    for group in conflicts.values() if params.on_conflict == "drop" else []:
+        for s in group:
+            doomed.setdefault(id(s), (s, f"conflict: the same image has labels {sorted({r.row.label for r in group})}"))
+    dataset.train = [s for s in dataset.train if id(s) not in doomed]
+    dataset.calib = [s for s in dataset.calib if id(s) not in doomed]
+    dropped = [{"where": s.where, "label": s.row.label, "reason": reason, "text": s.row.image}
+               for s, reason in sorted(doomed.values(), key=lambda item: (item[0].file, item[0].line))]
+    failures, details = [], []
+    if params.on_leak == "fail" and leaks:
+        details += map(str, leaks)
+        failures.append(f"{len(leaks)} pool image(s) repeat an evaluation image: remove them or set data.on_leak=drop")
+    if params.on_conflict == "fail" and conflicts:
+        details += map(_image_conflict_line, conflicts.values())
+        failures.append(f"{len(conflicts)} image(s) have two labels: fix them or set data.on_conflict=drop")
+    pool = dataset.train + dataset.calib
+    fields = {"leaks": [{"kind": leak.kind, "pool": leak.pool.where, "eval": leak.held.where,
+                         "image": leak.pool.row.image} for leak in leaks],
+              "conflicts": [{"image": group[0].row.image, "labels": sorted({s.row.label for s in group}),
+                             "where": [s.where for s in group]} for group in conflicts.values()],
+              "duplicates_in_pool": len(pool) - len({s.sha256 for s in pool})}
+    return fields, dropped, details, failures
+
+
+def check_dataset(dataset: Dataset, params: DataParams) -> tuple[dict, list[str]]:
+    """Run every check and drop what the params say to drop. Returns the report and one line per
+    leak or conflict that fails the run (texts redacted in both)."""
+    check = check_image_pool if dataset.modality == "image" else check_text_pool
+    pool, dropped, details, pool_failures = check(dataset, params)
+    failures = over_share(dataset, params.max_rejected_share) + pool_failures
     empty, thin = route_coverage(dataset, params.min_route_rows)
     route_failures, warnings = route_lines(empty, thin, params)
     failures += route_failures + size_problems(dataset)
     report = {
         "dataset": params.dir,
+        **({"modality": "image"} if dataset.modality == "image" else {}),  # text reports stay as they were
         "taxonomy": dataset.taxonomy_source,
         "evals": list(dataset.evals),
         "rows": {"train": len(dataset.train), "calib": len(dataset.calib), "test": len(dataset.test)},
         "files": {file: vars(count) for file, count in dataset.files.items()},
         "rejected_lines": len(dataset.rejected),
         "rejected": [str(item) for item in dataset.rejected[:LISTED]],
-        **pool.as_dict(),
+        **pool,
         "dropped": dropped,
         "routes": route_counts(dataset.taxonomy, dataset.train),
         "empty_routes": empty,

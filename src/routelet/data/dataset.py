@@ -9,12 +9,15 @@ A dataset is a folder:
     taxonomy.yaml      optional: the routes (else each label found in train is a route)
 
 `load_dataset` validates every file against the taxonomy (the checks across rows are in
-routelet.data.checks). A folder's evaluation sets are its own test.jsonl and evals/: switching
+routelet.data.checks). The dataset's modality comes from its first train row: `{"text": ...}` rows
+make a text dataset, `{"image": "relative/path.png", ...}` rows an image dataset (read and checked
+by routelet.data.images; every row of one dataset has the same modality). A folder's evaluation sets are its own test.jsonl and evals/: switching
 `data.dir` switches what leakage is checked against.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 from collections import defaultdict
@@ -24,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from routelet.data.images import prepared_images, read_image_rows, write_prepared_images
 from routelet.data.rows import DataError, Rejected, Row, Sourced, read_jsonl, read_rows, write_jsonl
 from routelet.data.taxonomy import Taxonomy
 from routelet.serving.preprocess import preprocess
@@ -42,11 +46,15 @@ class _Reads:
     """Every file read so far: the rejected lines and, per file, lines read and rejected."""
 
     max_chars: int
+    modality: str = "text"
     rejected: list[Rejected] = field(default_factory=list)
     files: dict[str, FileCount] = field(default_factory=dict)
 
     def read(self, path: Path, known: list[str] | None, require_label: bool = True) -> list[Sourced]:
-        rows, rejected = read_rows(path, known, self.max_chars, require_label)
+        if self.modality == "image":
+            rows, rejected = read_image_rows(path, known, require_label=require_label)
+        else:
+            rows, rejected = read_rows(path, known, self.max_chars, require_label)
         self.rejected += rejected
         self.files[str(path)] = FileCount(len(rows) + len(rejected), len(rejected))
         return rows
@@ -72,6 +80,19 @@ class Dataset:
     rejected: list[Rejected] = field(default_factory=list)
     files: dict[str, FileCount] = field(default_factory=dict)  # lines read and rejected, per file
     taxonomy_source: str = ""  # the taxonomy file, or where the routes came from without one
+    modality: str = "text"  # image: the rows are routelet.data.images.ImageSourced
+
+
+def detect_modality(train: Path) -> str:
+    """"image" when the first non-blank row of train.jsonl names an image, else "text" (a row
+    that cannot be parsed is left to the text reader, which quarantines it with its reason)."""
+    try:
+        with train.open("rb") as lines:
+            first = next((line for line in lines if line.strip()), b"")
+        row = json.loads(first.removeprefix(b"\xef\xbb\xbf").decode("utf-8"))
+    except (OSError, ValueError):
+        return "text"
+    return "image" if isinstance(row, dict) and "image" in row and "text" not in row else "text"
 
 
 def load_dataset(
@@ -85,7 +106,7 @@ def load_dataset(
     folder = Path(folder)
     _check_folder(folder)
     taxonomy = _load_taxonomy(folder, taxonomy_file)
-    reads = _Reads(max_chars)
+    reads = _Reads(max_chars, detect_modality(folder / "train.jsonl"))
     train = reads.read(folder / "train.jsonl", taxonomy.labels if taxonomy else None)
     reads.require_rows(folder / "train.jsonl", "a router needs training rows")
     source = str(folder / taxonomy_file)
@@ -101,14 +122,17 @@ def load_dataset(
     for path in sorted((folder / EVALS).glob("*.jsonl")):
         # Other evaluation sets may use other label sets: only their texts matter for leakage.
         evals[str(path)] = reads.read(path, None, require_label=False)
-    return Dataset(taxonomy, train, calib, test, evals, reads.rejected, reads.files, source)
+    return Dataset(taxonomy, train, calib, test, evals, reads.rejected, reads.files, source, reads.modality)
 
 
 def add_pool_files(dataset: Dataset, collected: Path, augmented: Path, max_chars: int) -> dict[str, int]:
     """Join ingest's labeled pool and augment's variants to the train split (never calibration).
     collected.jsonl rows are validated like train.jsonl (a label that left the taxonomy is rejected,
     so quarantined). An augmented row is kept only when its original (`of`, a "<file>:<line>" as
-    Sourced.where names it) is in the train split. Returns counts for the report."""
+    Sourced.where names it) is in the train split. Returns counts for the report. Both files hold
+    texts, so an image dataset joins neither (the counts say so)."""
+    if dataset.modality == "image":
+        return {"collected": 0, "augmented": 0, "augmented_not_in_train": 0, "not_joined": "an image dataset"}
     reads = _Reads(max_chars)
     extra = reads.read(collected, dataset.taxonomy.labels) if collected.is_file() else []
     dataset.rejected += reads.rejected
@@ -185,13 +209,22 @@ def stratified_split(rows: list[Sourced], fraction: float, seed: int) -> tuple[l
 
 @dataclass
 class Prepared:
-    """The checked splits the training stages read: text already preprocessed."""
+    """The checked splits the training stages read: text already preprocessed, or images copied
+    into the prepared folder (`modality` says which)."""
 
     taxonomy: Taxonomy
     splits: dict[str, list[dict]]
+    modality: str = "text"
+    folder: Path = Path(".")
 
     def texts(self, split: str) -> list[str]:
         return [row["text"] for row in self.splits[split]]
+
+    def inputs(self, split: str) -> list[str]:
+        """What a family of this modality takes: the texts, or the image paths."""
+        if self.modality == "image":
+            return prepared_images(self.folder, self.splits[split])
+        return self.texts(split)
 
     def labels(self, split: str) -> list[str]:
         return [row["label"] for row in self.splits[split]]
@@ -210,16 +243,31 @@ class Prepared:
 SPLITS = ("train", "calib", "test")
 
 
+MODALITY = "modality.json"  # in the prepared folder, written only for a non-text dataset
+
+
 def write_prepared(dataset: Dataset, folder: str | Path) -> None:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     dataset.taxonomy.save(folder / "taxonomy.json")
+    # A text dataset's prepared folder stays byte for byte what it was: no modality file.
+    (folder / MODALITY).unlink(missing_ok=True)
+    if dataset.modality == "image":
+        (folder / MODALITY).write_text(json.dumps({"modality": "image"}) + "\n")
+        write_prepared_images({split: getattr(dataset, split) for split in SPLITS}, folder)
+        return
     for split in SPLITS:
         rows = getattr(dataset, split)
         write_jsonl(folder / f"{split}.jsonl",
                     ({"text": preprocess(s.row.text), "label": s.row.label, "source": s.where} for s in rows))
 
 
+def prepared_modality(folder: str | Path) -> str:
+    path = Path(folder) / MODALITY
+    return json.loads(path.read_text())["modality"] if path.is_file() else "text"
+
+
 def load_prepared(folder: str | Path) -> Prepared:
     folder = Path(folder)
-    return Prepared(Taxonomy.load(folder / "taxonomy.json"), {s: read_jsonl(folder / f"{s}.jsonl") for s in SPLITS})
+    return Prepared(Taxonomy.load(folder / "taxonomy.json"), {s: read_jsonl(folder / f"{s}.jsonl") for s in SPLITS},
+                    prepared_modality(folder), folder)

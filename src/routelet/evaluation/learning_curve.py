@@ -31,7 +31,7 @@ def sample_per_label(texts: list[str], labels: list[str], per_label: int | None,
 
 
 def score(trained: Trained, prepared: Prepared) -> dict[str, float]:
-    probs = trained.route_probs(prepared.texts("test"), prepared.taxonomy)
+    probs = trained.route_probs(prepared.inputs("test"), prepared.taxonomy)
     y, reject = prepared.route_ids("test"), prepared.reject_id
     predicted = probs.argmax(axis=1)
     result = {"accuracy": round(float((predicted == y).mean()), 4)}
@@ -45,7 +45,7 @@ def learning_curve(make_family, prepared: Prepared, sizes: list[int | None], see
     """One point per size: `make_family()` builds an unfitted family and its label level."""
     points = []
     for size in sizes:
-        texts, labels = sample_per_label(prepared.texts("train"), prepared.labels("train"), size, seed)
+        texts, labels = sample_per_label(prepared.inputs("train"), prepared.labels("train"), size, seed)
         family, level = make_family()
         trained = Trained(name, family.fit(texts, training_labels(labels, prepared.taxonomy, level)), level)
         per_label = size if size is not None else int(np.median(list(_counts(labels).values())))

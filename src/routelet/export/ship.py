@@ -31,8 +31,12 @@ from routelet.families import Trained
 from routelet.families.base import ExportOptions, Family
 from routelet.params import ConfigError
 from routelet.serving.preprocess import PREPROCESS_VERSION
+from routelet.serving.image_input import open_image
+from routelet.serving.image_models import load_image_tier
 from routelet.serving.router_format import FORMAT_VERSION, Policy, RouterInfo, TextInput, Tier, softmax
 from routelet.serving.runtime import Router
+
+IMAGE_BATCH = 64  # images decoded at once when an image router is checked
 
 
 def choose_family(calibration: dict, ship: str, families: dict[str, Family], tie: float = 0.0) -> tuple[str, dict]:
@@ -83,7 +87,8 @@ def build_router(trained: Trained, folder: Path, calibration: dict, taxonomy, op
         labels=list(model.labels_),
         routes=view.routes,
         reject_route=view.reject,
-        input=TextInput(tokenizer=tier.files.get("tokenizer"), max_length=model.max_length()),
+        input=(model.input_spec() if model.modality == "image"
+               else TextInput(tokenizer=tier.files.get("tokenizer"), max_length=model.max_length())),
         preprocess_version=PREPROCESS_VERSION,
         abstain=Policy(threshold=calibration["threshold"], margin=calibration["margin"],
                        chosen_on=calibration["chosen_on"]),
@@ -109,10 +114,11 @@ def export_checked(trained: Trained, folder: Path, calibration: dict, taxonomy, 
         reference = trained_probs(trained, texts, calibration["temperature"])
     to_routes = trained.taxonomy_view(taxonomy).label_to_route_matrix(trained.model.labels_)
     info = build_router(trained, folder, calibration, taxonomy, options, out, hashes)
-    shipped = Router.load(out).probs(texts)
-    variant = options.int8 if info.tiers[0].kind == "onnx" else "numpy"
+    shipped = served_probs(out, texts)
+    kind = info.tiers[0].kind  # an image encoder's export chose int8 or fp32 itself, said in its quantization
+    variant = options.int8 if kind == "onnx" else (info.tiers[0].quantization or {}).get("int8", "numpy")
     gate = {variant: route_parity(reference, shipped, to_routes)}
-    if variant not in ("numpy", "fp32") and (config["check_fp32"] or config["fallback_fp32"]):
+    if kind == "onnx" and variant != "fp32" and (config["check_fp32"] or config["fallback_fp32"]):
         gate["fp32"] = route_parity(reference, fp32_probs(trained, folder, calibration["temperature"], texts), to_routes)
         if gate[variant]["agreement"] < config["min_agreement"] and config["fallback_fp32"]:
             shutil.rmtree(out)
@@ -120,7 +126,7 @@ def export_checked(trained: Trained, folder: Path, calibration: dict, taxonomy, 
             info.tiers[0].quantization = {"int8": "fp32", "fallback_from": variant,
                                           "int8_agreement": gate[variant]["agreement"]}
             info.write(out)
-            shipped, variant = Router.load(out).probs(texts), "fp32"
+            shipped, variant = served_probs(out, texts), "fp32"
     check_parity(gate[variant], config["min_agreement"], what=f"{variant} router")
     return info, gate, shipped
 
@@ -150,6 +156,27 @@ def export_router(tiers: list[Trained], models: Path, calibration: dict, taxonom
             "tiered": tiered_parity(info, [references[tier.family] for tier in info.tiers], shipped, by)}
     check_parity(gate["tiered"], config["min_agreement"], what="tiered router")
     return info, gate, shipped
+
+
+def image_router(out: Path, threads: int = 1):
+    """An exported image router (one tier) as served, torch-free: image paths -> fine-label probabilities."""
+    info = RouterInfo.read(out)
+    model = load_image_tier(out, info, info.tiers[0], threads=threads)
+
+    def predict(paths: list[str]) -> np.ndarray:
+        batches = [model([open_image(Path(path).read_bytes(), info.input) for path in paths[start:start + IMAGE_BATCH]])
+                   for start in range(0, len(paths), IMAGE_BATCH)]
+        return np.concatenate(batches) if batches else np.zeros((0, len(info.labels)))
+
+    return predict
+
+
+def served_probs(out: Path, inputs: list[str]) -> np.ndarray:
+    """The exported router's fine-label probabilities as served: a text router through the runtime,
+    an image router through its image tier on the decoded files."""
+    if RouterInfo.read(out).input.modality == "image":
+        return image_router(out)(inputs)
+    return Router.load(out).probs(inputs)
 
 
 def tiered_parity(info: RouterInfo, references: list[np.ndarray], shipped: np.ndarray, by: np.ndarray) -> dict:

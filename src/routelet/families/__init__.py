@@ -85,6 +85,29 @@ def training_labels(labels: list[str], taxonomy, level: str) -> list[str]:
     return labels if level == "fine" else [taxonomy.route_of(label) for label in labels]
 
 
+def save_skipped(name: str, kind: str, reason: str, folder: str | Path | None = None) -> Path:
+    """A family that cannot train on this dataset (another modality): its folder holds only
+    family.json saying why, so the DVC output exists and later stages pass it by."""
+    folder = Path(folder or MODELS / name)
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.iterdir():  # a model trained on another dataset must not be read as current
+        if stale.is_file():
+            stale.unlink()
+    (folder / "family.json").write_text(json.dumps({"name": name, "family": kind, "skipped": reason}) + "\n")
+    return folder
+
+
+def skipped_reason(name: str, folder: str | Path | None = None) -> str | None:
+    """Why train@<name> skipped its family, or None when it trained (or has not run)."""
+    info_path = Path(folder or MODELS / name) / "family.json"
+    return json.loads(info_path.read_text()).get("skipped") if info_path.is_file() else None
+
+
+def trained_names(names) -> list[str]:
+    """The entries of params.yaml `train` that trained a model (not skipped for the dataset's modality)."""
+    return [name for name in names if skipped_reason(name) is None]
+
+
 def save_trained(name: str, model: Family, level: str, folder: str | Path | None = None) -> Path:
     folder = Path(folder or MODELS / name)
     model.save(folder)
@@ -107,4 +130,7 @@ def trained_class(name: str, folder: str | Path | None = None) -> type[Family]:
 def load_trained(name: str, folder: str | Path | None = None) -> Trained:
     folder = Path(folder or MODELS / name)
     info = _family_info(folder)
+    if "skipped" in info:
+        raise FileNotFoundError(f"{folder}: train@{name} skipped this family ({info['skipped']}): "
+                                "list only trained_names() of params.yaml `train`")
     return Trained(info["name"], family_class(info["family"]).load(folder), info["level"])
