@@ -45,7 +45,7 @@ QUICK = {"queries": 40, "warmup": 5, "batches": 2, "requests": 300}
 # router (the served folder), texts (holdout texts) and quick; a missing module is noted, not an error.
 HOOKS = {
     "redaction": ("scripts.redact_bench", {}, {"size": 20_000, "requests": 50}),
-    "heavy_batch_rss": ("scripts.batch_rss", {}, {}),
+    "serve_stress": ("scripts.serve_stress", {}, {}),
 }
 
 

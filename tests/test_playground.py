@@ -6,6 +6,7 @@ skips locally, but fails under CI (env CI set), where .ci/run installs it.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -100,3 +101,65 @@ def test_playground_shows_server_errors(server, chromium):
     page.click("#submit")
     page.wait_for_selector("#error", state="visible")
     assert "422" in page.text_content("#error") and "2,000" in page.text_content("#error")
+
+
+def _api(server: str, text: str) -> dict:
+    request = urllib.request.Request(server + "/v1/route", data=json.dumps({"text": text, "top_k": 3}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def test_playground_shows_the_abstained_routes_own_probability(server, chromium):
+    expected = _api(server, "funds airport")
+    assert expected["route"] == "oos" and expected["p"] < expected["confidence"]  # a case where they differ
+    page = chromium.new_page()
+    page.goto(server + "/")
+    page.fill("#text", "funds airport")
+    page.click("#submit")
+    page.wait_for_selector("#bars .bar")
+    assert page.text_content("#route") == "oos" and page.text_content("#abstain") == "yes"
+    assert page.text_content("#confidence") == f"{100 * expected['p']:.1f}%"
+    reason = page.text_content("#reason")
+    assert "low confidence" in reason and f"{100 * expected['confidence']:.1f}%" in reason
+
+
+def test_an_input_error_clears_the_old_result(server, chromium):
+    page = chromium.new_page()
+    page.goto(server + "/")
+    page.fill("#text", "please wire money to my payee")
+    page.click("#submit")
+    page.wait_for_selector("#output", state="visible")
+    page.fill("#text", "   ")
+    page.click("#submit")
+    page.wait_for_selector("#error", state="visible")
+    assert page.locator("#output").is_hidden()
+    page.fill("#text", "please wire money to my payee")  # and after a server error (422) too
+    page.click("#submit")
+    page.wait_for_selector("#output", state="visible")
+    page.evaluate("document.getElementById('text').removeAttribute('maxlength')")
+    page.fill("#text", "a" * 2001)
+    page.click("#submit")
+    page.wait_for_selector("#output", state="hidden")
+    assert "422" in page.text_content("#error")
+
+
+def test_docs_render_with_no_network(server, chromium, tmp_path):
+    """Swagger UI's script and stylesheet come from the server itself: block everything else."""
+    page = chromium.new_page()
+    outside = []
+
+    def only_the_server(route):
+        if route.request.url.startswith(server):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_the_server)
+    page.goto(server + "/docs")
+    page.wait_for_selector(".opblock-summary-path", timeout=30_000)
+    paths = page.locator(".opblock-summary-path").all_text_contents()
+    assert "/v1/route" in "".join(paths) and "/healthz" in "".join(paths)
+    assert outside == []
+    page.screenshot(path=str(tmp_path / "docs.png"), full_page=True)

@@ -16,7 +16,8 @@ from routers import (  # noqa: F401  (tfidf_folder, onnx_folder are fixtures)
 )
 
 from routelet.serving.onnx_model import ONNX_BATCH
-from routelet.serving.runtime import Router, RouterError
+from routelet.serving.runtime import (LOW_CONFIDENCE, NO_CONTENT, NO_KNOWN_TOKENS, REJECT_ROUTE, Router,
+                                      RouterError)
 
 KINDS = ["tfidf", "onnx"]
 
@@ -59,13 +60,17 @@ def test_reject_route_abstains(router):
     result = router.route_one("tell me a joke and a song")
     assert result["route"] == "oos" and result["target"] == "assistant.fallback"
     assert result["abstain"] is True and result["top_k"][0]["route"] == "oos"
+    assert result["abstain_reason"] == REJECT_ROUTE and result["p"] == result["confidence"]
 
 
 def test_confidence_gate_abstains_to_the_reject_route(router):
-    result = router.route_one("zzz qqq")  # no known word: no route reaches the 0.55 threshold
+    result = router.route_one("funds airport", top_k=3)  # banking and travel split: neither reaches 0.55
     assert result["abstain"] is True and result["route"] == "oos"
+    assert result["abstain_reason"] == LOW_CONFIDENCE
     assert result["top_k"][0]["route"] != "oos"
     assert result["confidence"] == result["top_k"][0]["p"] < 0.55
+    # p is the abstained route's own probability, not the top route's.
+    assert result["p"] == next(item["p"] for item in result["top_k"] if item["route"] == "oos") < result["confidence"]
 
 
 def test_margin_gate(tmp_path):
@@ -81,6 +86,7 @@ def test_no_reject_route_abstains_with_null_route(tmp_path):
     router = Router.load(make_tfidf_router(tmp_path / "r", reject_route=None))
     result = router.route_one("zzz qqq")
     assert result["abstain"] is True and result["route"] is None and result["target"] is None
+    assert result["p"] is None and result["abstain_reason"] == NO_KNOWN_TOKENS
     assert router.route_one("tell me a joke and a song")["route"] == "oos"  # just a route now
 
 
@@ -104,6 +110,47 @@ def test_any_batch_size_keeps_order(router, n):
 def test_preprocess_is_applied(router):
     assert router.route_one("Send money to bob.smith@example.com") == router.route_one("send money to <email>")
     np.testing.assert_array_equal(router.probs(["WIRE   the PAYEE"]), router.probs(["wire the payee"]))
+
+
+# ---------------------------------------------------------------------------------------------
+# input with nothing the model can read abstains, with the reason
+
+GARBAGE = {
+    "NUL": ("\u0000\u0000", NO_CONTENT),
+    "zero-width space": ("\u200b", NO_CONTENT),
+    "emoji only": ("\U0001F642\U0001F389\U0001F680", NO_CONTENT),
+    "non-characters": ("\uFFFE\uFFFF", NO_CONTENT),
+    "empty": ("", NO_CONTENT),
+    "blank": (" \t \u3000 ", NO_CONTENT),
+    "punctuation only": ("?!... ;-- ***", NO_CONTENT),
+    "control characters": ("\x01\x02\x7f\u200d\ufeff", NO_CONTENT),
+    "unknown letters only": ("ß" * 500, NO_KNOWN_TOKENS),
+    "unknown words only": ("zzz qqq", NO_KNOWN_TOKENS),
+}
+
+
+@pytest.mark.parametrize("name", list(GARBAGE))
+def test_garbage_abstains_with_a_reason(router, name):
+    text, reason = GARBAGE[name]
+    result = router.route_one(text)
+    assert (result["abstain"], result["route"], result["abstain_reason"]) == (True, "oos", reason)
+    assert result["p"] == next(item["p"] for item in router.route_one(text, top_k=3)["top_k"] if item["route"] == "oos")
+    # Inside a batch of readable texts, the same.
+    batch = router.route(["what is my account balance", text, "my flight from the airport"])
+    assert batch[1] == result and batch[0]["abstain_reason"] is None and batch[2]["route"] == "travel"
+
+
+def test_readable_text_around_garbage_is_routed(router):
+    result = router.route_one("\u200b\U0001F642 what is my account balance \u0000")
+    assert result["route"] == "banking" and result["abstain"] is False and result["abstain_reason"] is None
+
+
+@pytest.mark.parametrize("text", ["caf\udce9 balance", "\udcff\udcfe", "\ud800 my flight \udfff"])
+def test_surrogate_escaped_text_routes(router, text):
+    """What Python makes of undecodable bytes (surrogateescape) must not reach the tokenizer."""
+    result = router.route_one(text)
+    assert result["route"] in {"banking", "travel", "oos"}
+    assert router.route([text, "balance"])[0] == result
 
 
 def test_a_single_string_is_refused(router):

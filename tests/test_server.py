@@ -3,12 +3,10 @@ health and model endpoints, and refusing to start on a broken folder or a public
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -17,10 +15,10 @@ from routers import onnx_folder, tfidf_folder  # noqa: F401  (fixtures)
 
 from routelet.serving.router_format import RouterInfo
 from routelet.serving.runtime import Router, RouterError
-from routelet.serving.server import Limits, MicroBatcher, ServeError, create_app, is_loopback, serve
+from routelet.serving.server import Limits, ServeError, create_app, is_loopback, serve
 
 SCRIPT = str(Path(sys.executable).parent / "routelet")
-KEY = "test-key-123"
+KEY = "test-key-0123456789abcdef"
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +41,10 @@ def test_single_text(client, router):
     assert response.status_code == 200
     result = response.json()
     assert result == router.route_one("my flight from the airport", top_k=2)
-    assert set(result) == {"route", "target", "confidence", "abstain", "top_k", "tier", "model_version"}
+    assert set(result) == {"route", "target", "p", "confidence", "abstain", "abstain_reason", "top_k", "tier",
+                           "model_version"}
     assert result["route"] == "travel" and len(result["top_k"]) == 2
+    assert 0 <= float(response.headers["X-Queue-Ms"]) < 60_000
 
 
 def test_batch(client):
@@ -69,10 +69,20 @@ BAD_REQUESTS = {
     "text too long": ({"json": {"text": "a" * 2001}}, 422, "text: text is 2,001 characters; the limit is 2,000"),
     "1 MB text": ({"json": {"text": "a" * 1_000_000}}, 413, "the limit is 262,144 bytes"),
     "10,000-item batch": ({"json": {"texts": ["hi"] * 10_000}}, 422, "texts: batch has 10,000 texts"),
-    "not JSON": ({"content": b"text=hello"}, 422, "body: malformed JSON"),
+    "not JSON": ({"content": b"text=hello", "headers": {"content-type": "application/json"}}, 422,
+                 "body: malformed JSON"),
     "truncated JSON": ({"content": b'{"text": "hel', "headers": {"content-type": "application/json"}},
                        422, "body: malformed JSON"),
-    "empty body": ({"content": b""}, 422, "body: malformed JSON"),
+    "empty body": ({"content": b"", "headers": {"content-type": "application/json"}}, 422, "body: malformed JSON"),
+    "no Content-Type": ({"content": b'{"text": "hi"}'}, 415, "Content-Type is 'none'; send the body as JSON"),
+    "text/plain (a browser's simple request)": (
+        {"content": b'{"text": "hi"}', "headers": {"content-type": "text/plain;charset=UTF-8"}}, 415,
+        "Content-Type is 'text/plain;charset=UTF-8'"),
+    "form": ({"data": {"text": "hi"}}, 415, "Content-Type is 'application/x-www-form-urlencoded'"),
+    "JSON look-alike type": ({"content": b'{"text": "hi"}', "headers": {"content-type": "application/jsonp"}}, 415,
+                             "'application/jsonp'"),
+    "texts too long together": ({"json": {"texts": ["a" * 2000] * 40}}, 422,
+                                "texts: the texts total 80,000 characters; the limit is 64,000"),
     "JSON list": ({"json": ["hello"]}, 422, "body: Input should be an object"),
     "text not a string": ({"json": {"text": 42}}, 422, "text: Input should be a valid string"),
     "texts not a list": ({"json": {"texts": "hello"}}, 422, "texts: Input should be a valid array"),
@@ -82,7 +92,8 @@ BAD_REQUESTS = {
     "missing field": ({"json": {}}, 422, 'body: send exactly one of "text"'),
     "both fields": ({"json": {"text": "a", "texts": ["b"]}}, 422, 'body: send exactly one of "text"'),
     "unknown field": ({"json": {"txt": "a"}}, 422, "txt: unexpected field"),
-    "bad Content-Length": ({"content": b"{}", "headers": {"content-length": "abc"}}, 400, "Content-Length"),
+    "bad Content-Length": ({"content": b"{}", "headers": {"content-length": "abc", "content-type": "application/json"}},
+                           400, "Content-Length"),
 }
 
 
@@ -113,6 +124,12 @@ def test_limits_are_configurable(router):
     assert client.post("/v1/route", json={"texts": ["balance", "flight"]}).status_code == 200
     with pytest.raises(ValueError, match="max_batch"):
         Limits(max_batch=0)
+    with pytest.raises(ValueError, match="body_timeout_s must be a positive number of seconds"):
+        Limits(body_timeout_s=0)
+    tight = TestClient(create_app(router, limits=Limits(max_total_chars=15)))
+    assert tight.post("/v1/route", json={"texts": ["balance", "flight"]}).status_code == 200
+    refused = tight.post("/v1/route", json={"texts": ["balance", "flight", "airport"]})
+    assert refused.status_code == 422 and "texts total 20 characters; the limit is 15" in refused.json()["detail"]
 
 
 def test_api_key(router):
@@ -130,10 +147,39 @@ def test_api_key(router):
     assert "X-API-Key" in json.dumps(client.get("/openapi.json").json()["components"])
 
 
+@pytest.mark.parametrize("key, message", [("short-key", "is 9 characters; it needs at least 16"),
+                                          ("", "is 0 characters"),
+                                          ("sixteen chars ok", "only ASCII letters, digits and punctuation"),
+                                          ("clé-0123456789abcdef", "only ASCII")])
+def test_weak_api_key_is_refused(router, key, message):
+    with pytest.raises(ServeError, match=message):
+        create_app(router, api_key=key)
+
+
+def test_cli_serve_refuses_a_short_api_key(tfidf_folder):
+    done = subprocess.run([SCRIPT, "serve", "--router", str(tfidf_folder), "--port", "1", "--api-key", "hunter2"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "needs at least 16" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_garbage_abstains_with_a_reason(client):
+    texts = ["\u0000\u0000", "\u200b", "\U0001F642\U0001F389", "ß" * 500, "\uFFFE\uFFFF", "?!...", "balance"]
+    results = client.post("/v1/route", json={"texts": texts}).json()["results"]
+    assert [r["abstain_reason"] for r in results] == ["no readable content"] * 3 + ["no known tokens"] + \
+        ["no readable content"] * 2 + [None]
+    assert all(r["route"] == "oos" and r["abstain"] for r in results[:-1])
+    assert client.post("/v1/route", json={"text": "\u200b"}).json()["abstain_reason"] == "no readable content"
+
+
 def test_healthz_model_docs_and_playground(client, router, tfidf_folder):
     assert client.get("/healthz").json() == {"status": "ok", "model_version": "tfidf-test0001"}
     assert client.get("/v1/model").json() == RouterInfo.read(tfidf_folder).model_dump(mode="json")
-    assert client.get("/docs").status_code == 200
+    assert client.head("/healthz").status_code == 200 and client.head("/healthz").content == b""
+    docs = client.get("/docs")
+    assert docs.status_code == 200
+    assert "cdn" not in docs.text and "https://" not in docs.text  # Swagger UI's files come from here
+    for asset in ("/static/docs/swagger-ui-bundle.js", "/static/docs/swagger-ui.css"):
+        assert asset in docs.text and client.get(asset).status_code == 200
     assert "/v1/route" in client.get("/openapi.json").json()["paths"]
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
@@ -170,47 +216,3 @@ def test_cli_serve_refuses_to_start(tfidf_folder, args, message):
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 2
     assert message in done.stderr and "Traceback" not in done.stderr
-
-
-def run_batcher(route, requests: list[tuple[list[str], int]], release: threading.Event, max_texts: int = 4):
-    """Send `requests` to a one-worker MicroBatcher while its first call is held until all are queued."""
-    async def main():
-        batcher = MicroBatcher(route, workers=1, max_texts=max_texts)
-        tasks = [asyncio.create_task(batcher.route(texts, k)) for texts, k in requests]
-        await asyncio.sleep(0.05)
-        release.set()
-        return await asyncio.gather(*tasks, return_exceptions=True)
-    return asyncio.run(main())
-
-
-def test_micro_batcher_coalesces_requests_that_wait(router):
-    calls, release = [], threading.Event()
-
-    def route(texts, top_k):
-        calls.append((len(texts), top_k))
-        release.wait(5)
-        return router.route(texts, top_k)
-
-    requests = [(["my balance"], 1), (["a flight"], 2), (["send money", "joke"], 3), (["airport"], 1),
-                (["funds"], 2), ([], 3)]
-    results = run_batcher(route, requests, release)
-    # The first runs alone; the next three (4 texts, the cap) go as one batch, then the last text.
-    assert calls == [(1, 1), (4, 3), (1, 2)]
-    assert results == [router.route(texts, k) for texts, k in requests]
-
-
-def test_micro_batcher_failure_reaches_every_waiting_request_and_it_keeps_serving(router):
-    release, failed = threading.Event(), []
-
-    def route(texts, top_k):
-        release.wait(5)
-        if "boom" in texts and not failed:
-            failed.append(texts)
-            raise RuntimeError("inference failed")
-        return router.route(texts, top_k)
-
-    results = run_batcher(route, [(["balance"], 1), (["boom"], 1), (["flight"], 1), (["airport"], 1)], release)
-    assert results[0] == router.route(["balance"], 1)
-    assert all(isinstance(r, RuntimeError) for r in results[1:])
-    assert failed == [["boom", "flight", "airport"]]
-    assert run_batcher(route, [(["boom"], 1)], threading.Event())[0][0]["route"] == "oos"

@@ -128,7 +128,8 @@ COMMANDS: dict[str, tuple[str, str, Callable, Callable]] = {
         "serve a router folder over HTTP (POST /v1/route, GET /healthz, playground at /)",
         "examples:\n"
         "  routelet serve --router data/router                      # http://127.0.0.1:8000/ (playground)\n"
-        "  ROUTELET_API_KEY=s3cret routelet serve --host 0.0.0.0 --port 8080\n"
+        "  export ROUTELET_API_KEY=$(python -c 'import secrets; print(secrets.token_urlsafe(24))')\n"
+        "  routelet serve --host 0.0.0.0 --port 8080                 # the key: 16 characters or more\n"
         "  curl -s localhost:8000/v1/route -H 'content-type: application/json' -d '{\"text\": \"hi\"}'\n"
         "\nAPI docs are at /docs. Binding a non-loopback host requires --api-key or $ROUTELET_API_KEY.",
         _serve_arguments,

@@ -8,14 +8,30 @@
 A router folder is `router.json` (`routelet.serving.router_format`: labels, routes, the abstain
 policy, the tiers and their files) plus each tier's model files: `model.onnx` + `tokenizer.json`
 (onnx kind, `onnx_model.OnnxModel`) or `tfidf.json` + `tfidf.npz` (tfidf kind, `tfidf_model`).
-Tiers answer in order: a fast tier keeps a text when it is confident enough (its `accept`), the
-last tier answers the rest. Only numpy, onnxruntime, tokenizers and pydantic are imported.
+Tiers answer in order: a fast tier keeps a text when it read something in it and is confident
+enough (its `accept`), the last tier answers the rest. Only numpy, onnxruntime, tokenizers and
+pydantic are imported.
+
+A result abstains (`abstain` true, `route` the reject route, or null without one) and says why in
+`abstain_reason` (null when it does not abstain):
+  "no readable content"  after preprocess the text has no letter or digit in any script: empty,
+                         blank, control, zero-width or non-characters, emoji or punctuation only
+  "no known tokens"      the tier that answered knows none of its tokens: an encoder tier saw only
+                         its tokenizer's unknown and special tokens ([UNK], [CLS], [SEP]), a tfidf
+                         tier no n-gram of its vocabulary ("ß" * 500, a script the tokenizer lacks)
+  "reject route"         the top route is the reject route
+  "low confidence"       the top route is under the policy's threshold, or leads the second route
+                         by less than its margin
+The first two look at one text alone, like everything else here: a text's result never depends on
+what else is in its batch (the int8 export quantises each token on its own; see onnx_model).
+`confidence` is the top route's probability, `p` the probability of the route returned (the reject
+route's own when abstaining).
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -24,11 +40,16 @@ from routelet.serving.preprocess import preprocess
 from routelet.serving.router_format import RouterError, RouterInfo, Tier, router_error
 from routelet.serving.tfidf_model import TfidfModel
 
-__all__ = ["Router", "RouterError"]
+__all__ = ["Router", "RouterError", "NO_CONTENT", "NO_KNOWN_TOKENS", "REJECT_ROUTE", "LOW_CONFIDENCE"]
+
+NO_CONTENT, NO_KNOWN_TOKENS = "no readable content", "no known tokens"
+REJECT_ROUTE, LOW_CONFIDENCE = "reject route", "low confidence"
+_CONTENT = re.compile(r"[^\W_]")  # a letter or a digit, in any script
 
 
-def load_tier(folder: Path, info: RouterInfo, tier: Tier, threads: int = 1) -> Callable[[list[str]], np.ndarray]:
-    """The model of one tier: preprocessed texts -> fine-label probabilities over info.labels."""
+def load_tier(folder: Path, info: RouterInfo, tier: Tier, threads: int = 1) -> OnnxModel | TfidfModel:
+    """The model of one tier: `model.read(preprocessed texts)` -> (fine-label probabilities over
+    info.labels, whether each text holds a token the model knows)."""
     if tier.kind == "tfidf":
         return TfidfModel(folder, tier.files, info.labels)
     tokenizer = folder / tier.files.get("tokenizer", info.input.tokenizer or "tokenizer.json")
@@ -38,7 +59,7 @@ def load_tier(folder: Path, info: RouterInfo, tier: Tier, threads: int = 1) -> C
 class Router:
     """A loaded router folder. Build it with `Router.load(folder)`; `info` is its RouterInfo."""
 
-    def __init__(self, folder: Path, info: RouterInfo, models: list[Callable[[list[str]], np.ndarray]]):
+    def __init__(self, folder: Path, info: RouterInfo, models: list[OnnxModel | TfidfModel]):
         self.folder, self.info, self._models = folder, info, models
         self.labels: list[str] = info.labels
         self.routes: list[dict] = [route.model_dump() for route in info.routes]
@@ -71,48 +92,71 @@ class Router:
 
     def decide(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(fine-label probabilities, index of the tier that answered) per text. A fast tier answers
-        when its top route is not the reject route and its route confidence reaches its `accept`."""
+        when it read a known token, its top route is not the reject route and its route confidence
+        reaches its `accept`."""
+        probs, answered_by, _ = self._decide(texts)
+        return probs, answered_by
+
+    def _decide(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
+        """decide() plus, per text, why it must abstain whatever the model says (None: it need not)."""
         if isinstance(texts, str):
             raise TypeError("probs() and route() take a list of texts; use route_one(text)")
         prepared = [preprocess(t) for t in texts]
+        readable = np.array([_CONTENT.search(t) is not None for t in prepared], dtype=bool)
         probs = np.zeros((len(texts), len(self.labels)))
+        known = np.zeros(len(texts), dtype=bool)
         answered_by = np.full(len(texts), len(self._models) - 1)
         todo = np.arange(len(texts))
         for index, (tier, model) in enumerate(zip(self.info.tiers, self._models)):
             if not len(todo):
                 break
-            tier_probs = np.asarray(model([prepared[i] for i in todo]), dtype=np.float64)
+            tier_probs, tier_known = model.read([prepared[i] for i in todo])
+            tier_probs = np.asarray(tier_probs, dtype=np.float64)
             if tier.accept is None:
-                probs[todo] = tier_probs
+                probs[todo], known[todo] = tier_probs, tier_known
                 break
             route_probs = tier_probs @ self._membership
-            keep = route_probs.max(axis=1) >= tier.accept
+            keep = (route_probs.max(axis=1) >= tier.accept) & tier_known & readable[todo]
             if self._reject is not None:
                 keep &= route_probs.argmax(axis=1) != self._reject
-            probs[todo[keep]], answered_by[todo[keep]] = tier_probs[keep], index
+            probs[todo[keep]], answered_by[todo[keep]], known[todo[keep]] = tier_probs[keep], index, True
             todo = todo[~keep]
-        return probs, answered_by
+        forced = [NO_CONTENT if not r else NO_KNOWN_TOKENS if not k else None for r, k in zip(readable, known)]
+        return probs, answered_by, forced
 
     def probs(self, texts: list[str]) -> np.ndarray:
         """Preprocessed fine-label probabilities, shape (len(texts), len(labels))."""
         return self.decide(texts)[0]
 
+    def _reasons(self, route_probs: np.ndarray, forced: list[str | None]) -> list[str | None]:
+        """Why each text abstains (see the module docstring), None where it does not."""
+        if not len(route_probs):
+            return []
+        policy = self.info.abstain
+        reasons = []
+        for reason, gated, best in zip(forced, policy.abstains(route_probs, self._reject), route_probs.argmax(axis=1)):
+            if reason is None and gated:
+                reason = REJECT_ROUTE if policy.reject_class and best == self._reject else LOW_CONFIDENCE
+            reasons.append(reason)
+        return reasons
+
     def route(self, texts: list[str], top_k: int = 3) -> list[dict]:
-        """One result per text: route, target, confidence, abstain, top_k routes, the tier that
-        answered and model_version."""
-        probs, answered_by = self.decide(texts)
+        """One result per text: route, target, p, confidence, abstain, abstain_reason, top_k routes,
+        the tier that answered and model_version."""
+        probs, answered_by, forced = self._decide(texts)
         route_probs = probs @ self._membership
-        abstains = self.info.abstain.abstains(route_probs, self._reject) if len(texts) else []
         top_k = max(1, min(int(top_k), len(self.routes)))
         results = []
-        for row, abstain, tier in zip(route_probs, abstains, answered_by):
+        for row, reason, tier in zip(route_probs, self._reasons(route_probs, forced), answered_by):
             order = np.argsort(-row, kind="stable")
-            chosen = self._reject if abstain else order[0]
+            chosen = self._reject if reason is not None else order[0]
             results.append({
                 "route": None if chosen is None else self.routes[chosen]["name"],
                 "target": None if chosen is None else self.routes[chosen]["target"],
+                "p": None if chosen is None else float(row[chosen]),
                 "confidence": float(row[order[0]]),
-                "abstain": bool(abstain),
+                "abstain": reason is not None,
+                "abstain_reason": reason,
                 "top_k": [{"route": self.routes[j]["name"], "target": self.routes[j]["target"], "p": float(row[j])}
                           for j in order[:top_k]],
                 "tier": self.tier_names[tier],

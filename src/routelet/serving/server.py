@@ -3,35 +3,45 @@
     routelet serve --router router --port 8000        # or: serve("router", port=8000)
 
 Endpoints: POST /v1/route ({"text"} or {"texts"}, optional "top_k"), GET /v1/model (router.json),
-GET /healthz, GET / (playground page), /docs (OpenAPI). `create_app(router)` builds the app for
-tests and embedding. Requests are checked before any inference: an outer ASGI guard enforces the
-API key and the body size (413), the request model enforces the batch size, text length and
-field types (422 with the field, e.g. `texts[3]: text is empty`). Inference runs in worker threads,
-one per core; requests that arrive while they are busy are coalesced into one batch (`MicroBatcher`).
+GET|HEAD /healthz, GET / (playground page), /docs (Swagger UI, its assets served from here: no
+CDN). `create_app(router)` builds the app for tests and embedding.
+
+Requests are checked before any inference: the outer guard (`http_guard.Guard`) enforces the API
+key (401), a JSON Content-Type (415), the body size (413) and a body deadline (408); uvicorn's
+protocol gets a deadline for the request head (`http_guard.deadline_protocol`); the request model
+enforces the batch size, the length of each text and of all texts together, and the field types
+(422 with the field, e.g. `texts[3]: text is empty`). Tokens per text are capped by router.json's
+input.max_length. Inference runs in worker threads, one per core, on fair batches
+(`batcher.MicroBatcher`): a small request waits for at most about one batch whatever else is in
+flight, and the `X-Queue-Ms` response header says how long it waited before its first text reached
+a model.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import ipaddress
 import os
-from collections import deque
-from dataclasses import dataclass
+import string
+from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
-import anyio.to_thread
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import APIKeyHeader
+from fastapi.staticfiles import StaticFiles
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError,
                       model_validator)
 
+from routelet.serving.batcher import MicroBatcher
+from routelet.serving.http_guard import API_KEY_HEADER, Guard, deadline_protocol, error_response
 from routelet.serving.runtime import Router
 
-API_KEY_HEADER = "X-API-Key"
+MIN_API_KEY_CHARS = 16
+_KEY_CHARACTERS = frozenset(string.ascii_letters + string.digits + string.punctuation)
 
 
 class ServeError(RuntimeError):
@@ -40,17 +50,37 @@ class ServeError(RuntimeError):
 
 @dataclass(frozen=True)
 class Limits:
-    """Request limits; anything above them is refused before inference."""
+    """Request limits (anything above them is refused before inference) and the batching and
+    deadline settings that keep one client from holding up the others."""
 
     max_body_bytes: int = 256 * 1024
     max_batch: int = 256
     max_text_chars: int = 2000
+    max_total_chars: int = 64_000  # all texts of one request together
     max_top_k: int = 100
+    batch_texts: int = 8  # texts per inference call, taken fairly from the waiting requests (2 per turn)
+    header_timeout_s: float = 10.0  # from connecting (or a request's first byte) to the end of its head
+    body_timeout_s: float = 10.0  # from the end of the head to the end of the body
 
     def __post_init__(self):
-        for name, value in vars(self).items():
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"Limits.{name} must be a positive integer, got {value!r}")
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            integer = spec.type in (int, "int")
+            if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)) or value <= 0:
+                kind = "a positive integer" if integer else "a positive number of seconds"
+                raise ValueError(f"Limits.{spec.name} must be {kind}, got {value!r}")
+
+
+def check_api_key(api_key: str | None) -> None:
+    """Refuse a key someone could guess or that a header cannot carry (ServeError)."""
+    if api_key is None:
+        return
+    if len(api_key) < MIN_API_KEY_CHARS:
+        raise ServeError(f"the API key is {len(api_key)} characters; it needs at least {MIN_API_KEY_CHARS}: make "
+                         "one with `python -c 'import secrets; print(secrets.token_urlsafe(24))'`")
+    if not set(api_key) <= _KEY_CHARACTERS:
+        raise ServeError("the API key may hold only ASCII letters, digits and punctuation (no spaces), "
+                         "so that an X-API-Key header can carry it")
 
 
 # --------------------------------------------------------------------------------------------
@@ -66,8 +96,12 @@ class TopRoute(BaseModel):
 class RouteResult(BaseModel):
     route: str | None = Field(description="chosen route; the reject route (or null) when abstaining")
     target: str | None
+    p: float | None = Field(description="probability of `route` (the reject route's own when abstaining)")
     confidence: float = Field(description="probability of the most likely route")
     abstain: bool
+    abstain_reason: str | None = Field(
+        description='why it abstains: "no readable content", "no known tokens", "reject route" or '
+        '"low confidence"; null when it does not')
     top_k: list[TopRoute]
     tier: str = Field(description="the tier (model family) that answered")
     model_version: str
@@ -93,6 +127,13 @@ def request_model(limits: Limits) -> type[BaseModel]:
                              "split it into several requests")
         return texts
 
+    def check_total(texts: list[str] | None) -> list[str] | None:
+        total = sum(map(len, texts or ()))
+        if total > limits.max_total_chars:
+            raise ValueError(f"the texts total {total:,} characters; the limit is {limits.max_total_chars:,}: "
+                             "split them into several requests")
+        return texts
+
     Text = Annotated[str, AfterValidator(check_text)]
 
     class RouteRequest(BaseModel):
@@ -100,9 +141,9 @@ def request_model(limits: Limits) -> type[BaseModel]:
 
         model_config = ConfigDict(strict=True, extra="forbid")
         text: Text | None = Field(None, description=f"one text, at most {limits.max_text_chars} characters")
-        texts: Annotated[list[Text], BeforeValidator(check_batch)] | None = Field(
-            None, description=f"a batch of at most {limits.max_batch} texts"
-        )
+        texts: Annotated[list[Text], BeforeValidator(check_batch), AfterValidator(check_total)] | None = Field(
+            None, description=f"a batch of at most {limits.max_batch} texts, {limits.max_total_chars} "
+            "characters in all")
         top_k: int = Field(3, ge=1, le=limits.max_top_k, description="how many top routes to list")
 
         @model_validator(mode="after")
@@ -135,71 +176,6 @@ def _validation_reasons(error: ValidationError) -> list[dict]:
     return reasons
 
 
-def _error(status: int, reasons: list[dict] | str) -> JSONResponse:
-    if isinstance(reasons, str):
-        return JSONResponse({"detail": reasons}, status_code=status)
-    detail = "; ".join(f"{r['field']}: {r['reason']}" for r in reasons)
-    return JSONResponse({"detail": detail, "errors": reasons}, status_code=status)
-
-
-# --------------------------------------------------------------------------------------------
-# outer guard: API key and body size, before FastAPI parses anything
-
-
-class _Guard:
-    """Pure ASGI middleware: checks the API key on /v1/*, then reads the body with a size cap
-    (Content-Length is checked first, but the bytes actually received are what count)."""
-
-    def __init__(self, app, api_key: str | None, max_body_bytes: int):
-        self.app, self.max_body = app, max_body_bytes
-        self.api_key = api_key.encode() if api_key else None
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = dict(scope["headers"])
-        if self.api_key is not None and scope["path"].startswith("/v1/"):
-            given = headers.get(API_KEY_HEADER.lower().encode())
-            if given is None:
-                return await _error(401, f"missing {API_KEY_HEADER} header: this server needs an API key")(
-                    scope, receive, send)
-            if not hmac.compare_digest(given, self.api_key):
-                return await _error(401, f"invalid API key in the {API_KEY_HEADER} header")(scope, receive, send)
-        length = headers.get(b"content-length")
-        if length is not None:
-            if not length.isdigit():
-                return await _error(400, "Content-Length header is not a number")(scope, receive, send)
-            if int(length) > self.max_body:
-                return await self._too_large(int(length), scope, receive, send)
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # client went away
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > self.max_body:
-                return await self._too_large(size, scope, receive, send, at_least=True)
-            if not message.get("more_body", False):
-                break
-        body, replayed = b"".join(chunks), False
-
-        async def replay():
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-    async def _too_large(self, size: int, scope, receive, send, at_least: bool = False):
-        more = "more than " if at_least else ""
-        reason = (f"request body is {more}{size:,} bytes; the limit is {self.max_body:,} bytes: "
-                  "send fewer or shorter texts")
-        await _error(413, reason)(scope, receive, send)
-
-
 # --------------------------------------------------------------------------------------------
 # the app
 
@@ -208,19 +184,39 @@ def playground_html() -> str:
     return resources.files("routelet.serving").joinpath("static/playground.html").read_text(encoding="utf-8")
 
 
+def _add_docs(app: FastAPI) -> None:
+    """/docs with Swagger UI's script and stylesheet served from here (shipped by fastapi-offline)."""
+    assets = resources.files("fastapi_offline") / "static"
+    app.mount("/static/docs", StaticFiles(directory=str(assets)), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - API docs",
+                                   swagger_js_url=f"{root}/static/docs/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{root}/static/docs/swagger-ui.css",
+                                   swagger_favicon_url=f"{root}/static/docs/favicon.png")
+
+
 def create_app(router: Router, api_key: str | None = None, limits: Limits = Limits()) -> FastAPI:
     """The FastAPI app serving `router`. With `api_key`, /v1/* needs the X-API-Key header."""
+    check_api_key(api_key)
     RouteRequest = request_model(limits)
     page = playground_html()
     health = {"status": "ok", "model_version": router.model_version}
-    batcher = MicroBatcher(router.route, workers=os.cpu_count() or 1, max_texts=limits.max_batch)
+    batcher = MicroBatcher(router.route, workers=os.cpu_count() or 1, max_texts=limits.batch_texts,
+                           share=max(1, limits.batch_texts // 4))
 
     app = FastAPI(
         title="routelet",
         version=router.model_version,
         description=f"Router `{router.model_version}` (tiers: {', '.join(router.tier_names)}): routes "
         + ", ".join(r["name"] for r in router.routes) + ".",
+        docs_url=None,
+        redoc_url=None,
+        redirect_slashes=False,  # `/v1/route/` is a 404, not a redirect a client may not follow with its body
     )
+    _add_docs(app)
     key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False)
 
     def check_key(given: str | None = Depends(key_header)) -> None:
@@ -235,6 +231,7 @@ def create_app(router: Router, api_key: str | None = None, limits: Limits = Limi
         return HTMLResponse(page)
 
     @app.get("/healthz")
+    @app.head("/healthz", include_in_schema=False)
     def healthz() -> dict:
         return health
 
@@ -247,8 +244,12 @@ def create_app(router: Router, api_key: str | None = None, limits: Limits = Limi
         dependencies=v1,
         summary="Route one text or a batch",
         response_model=RouteResult | RouteResults,
-        responses={413: {"description": "body too large"}, 422: {"description": "invalid request"},
-                   401: {"description": "missing or wrong API key"}},
+        responses={200: {"headers": {"X-Queue-Ms": {"description": "milliseconds the request waited before its "
+                                                    "first text reached a model", "schema": {"type": "number"}}}},
+                   401: {"description": "missing or wrong API key"},
+                   408: {"description": "the body did not arrive in time"}, 413: {"description": "body too large"},
+                   415: {"description": "Content-Type is not application/json"},
+                   422: {"description": "invalid request"}},
         openapi_extra={"requestBody": {"required": True, "content": {
             "application/json": {"schema": RouteRequest.model_json_schema()}}}},
     )
@@ -256,66 +257,16 @@ def create_app(router: Router, api_key: str | None = None, limits: Limits = Limi
         try:
             body = RouteRequest.model_validate_json(await request.body())
         except ValidationError as exc:
-            return _error(422, _validation_reasons(exc))
+            return error_response(422, _validation_reasons(exc))
         texts = [body.text] if body.texts is None else body.texts
-        results = await batcher.route(texts, body.top_k)
+        routed = await batcher.route(texts, body.top_k)
         # The runtime already returns the documented shape: no second validation pass.
-        return JSONResponse(results[0] if body.texts is None else {"results": results})
+        content = routed.results[0] if body.texts is None else {"results": routed.results}
+        return JSONResponse(content, headers={"X-Queue-Ms": f"{routed.queue_ms:.1f}"})
 
-    app.add_middleware(_Guard, api_key=api_key, max_body_bytes=limits.max_body_bytes)
+    app.add_middleware(Guard, api_key=api_key, max_body_bytes=limits.max_body_bytes,
+                       body_timeout_s=limits.body_timeout_s)
     return app
-
-
-class MicroBatcher:
-    """Runs `route(texts, top_k)` in at most `workers` threads; requests that arrive while every
-    worker is busy wait in a queue, and a worker that frees up takes all of them (up to
-    `max_texts` texts) as one batch. One call per batch saves the per-call overhead (thread hop,
-    session call): measured with the MiniLM int8 router, 3.3-3.5 ms per text alone against
-    2.8-3.0 ms in batches of 4 to 8. The model's own compute grows with the tokens, so batching
-    cannot go further than that. An idle server still runs each request at once, alone."""
-
-    def __init__(self, route, workers: int, max_texts: int):
-        self._route, self.workers, self.max_texts = route, workers, max_texts
-        self._pending: deque[tuple[list[str], int, asyncio.Future]] = deque()
-        self._busy = 0
-
-    async def route(self, texts: list[str], top_k: int) -> list[dict]:
-        if not texts:
-            return []
-        future = asyncio.get_running_loop().create_future()
-        self._pending.append((texts, top_k, future))
-        self._dispatch()
-        return await future
-
-    def _dispatch(self) -> None:
-        while self._pending and self._busy < self.workers:
-            batch = [self._pending.popleft()]
-            size = len(batch[0][0])
-            while self._pending and size + len(self._pending[0][0]) <= self.max_texts:
-                batch.append(self._pending.popleft())
-                size += len(batch[-1][0])
-            self._busy += 1
-            asyncio.get_running_loop().create_task(self._run(batch))
-
-    async def _run(self, batch: list[tuple[list[str], int, asyncio.Future]]) -> None:
-        texts = [text for request_texts, _, _ in batch for text in request_texts]
-        try:
-            # The widest top_k of the batch, cut back per request below.
-            results = await anyio.to_thread.run_sync(self._route, texts, max(k for _, k, _ in batch))
-        except Exception as exc:
-            for _, _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-        else:
-            start = 0
-            for request_texts, top_k, future in batch:
-                mine = results[start : start + len(request_texts)]
-                start += len(request_texts)
-                if not future.done():  # the client may have gone away
-                    future.set_result([{**r, "top_k": r["top_k"][:top_k]} for r in mine])
-        finally:
-            self._busy -= 1
-            self._dispatch()
 
 
 def is_loopback(host: str) -> bool:
@@ -325,6 +276,15 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def uvicorn_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, limits: Limits = Limits(),
+                   log_level: str = "info", access_log: bool = False):
+    """uvicorn's Config for `app`: one worker, deadlines for slow clients."""
+    import uvicorn
+
+    return uvicorn.Config(app, host=host, port=port, workers=1, log_level=log_level, access_log=access_log,
+                          http=deadline_protocol(limits.header_timeout_s), timeout_keep_alive=5)
 
 
 def serve(
@@ -343,14 +303,15 @@ def serve(
     showed formatting and writing that line taking about a sixth of the event loop's time.
 
     Raises RouterError for a missing or broken folder and ServeError for a non-loopback host
-    without an API key, before binding anything.
+    without an API key or a key that is too short, before binding anything.
     """
     if not api_key and not is_loopback(host):
         raise ServeError(
             f"refusing to listen on {host} without an API key: anyone who can reach it could use it; "
             "pass --api-key or set ROUTELET_API_KEY, or bind 127.0.0.1"
         )
+    check_api_key(api_key)
     import uvicorn
 
     app = create_app(Router.load(router, threads=threads), api_key=api_key, limits=limits)
-    uvicorn.run(app, host=host, port=port, workers=1, log_level=log_level, access_log=access_log)
+    uvicorn.Server(uvicorn_config(app, host, port, limits, log_level, access_log)).run()

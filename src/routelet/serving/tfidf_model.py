@@ -163,13 +163,19 @@ class TfidfModel:
         self.coef_t = np.ascontiguousarray(coef.T, dtype=np.float64)
         self.intercept = intercept.astype(np.float64)
 
-    def __call__(self, texts: list[str]) -> np.ndarray:
+    def read(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities (n, labels), whether each text has an n-gram of the vocabulary (n,))."""
         logits = np.tile(self.intercept, (len(texts), 1))
+        known = np.zeros(len(texts), dtype=bool)
         for row, text in enumerate(texts):
             pieces = [part(text) for part in self.parts]
             cols = np.concatenate([p[0] for p in pieces])
+            known[row] = len(cols) > 0
             # Sparse row times the head: only the rows of coef.T this text uses are touched.
             logits[row] += np.concatenate([p[1] for p in pieces]) @ self.coef_t[cols]
         logits -= logits.max(axis=1, keepdims=True)
         np.exp(logits, out=logits)
-        return logits / logits.sum(axis=1, keepdims=True)
+        return logits / logits.sum(axis=1, keepdims=True), known
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        return self.read(texts)[0]
