@@ -82,13 +82,21 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=positive_int, default=1, help="onnxruntime threads (default: %(default)s)")
     parser.add_argument("--access-log", action="store_true",
                         help="log one line per request (off by default: under load it took about a sixth of the event loop)")
+    parser.add_argument("--no-reload", dest="reload", action="store_false",
+                        help="serve the router as loaded: do not watch its folder (a promote or rollback) or take SIGHUP")
+    parser.add_argument("--log-samples", metavar="DIR|s3://BUCKET/PREFIX", default=None,
+                        help="log every routed text (redacted) with its decision there, as JSONL batches "
+                        "(read them back with `python -m stages.pull_samples`)")
+    parser.add_argument("--log-endpoint-url", default=None,
+                        help="S3-compatible endpoint for an s3:// --log-samples (R2, MinIO); default: AWS_ENDPOINT_URL or AWS")
 
 
 def _serve(args: argparse.Namespace) -> int:
     from routelet.serving.server import serve
 
     serve(args.router, host=args.host, port=args.port, api_key=args.api_key, threads=args.threads,
-          access_log=args.access_log)
+          access_log=args.access_log, reload=args.reload, log_samples=args.log_samples,
+          log_endpoint_url=args.log_endpoint_url)
     return 0
 
 
@@ -188,9 +196,10 @@ def main(argv: list[str] | None = None) -> int:
 
     errors: tuple[type[Exception], ...] = (RouterError,)
     if args.command == "serve":
+        from routelet.serving.sample_log import StorageError
         from routelet.serving.server import ServeError
 
-        errors += (ServeError,)
+        errors += (ServeError, StorageError)
     try:
         return args.run(args)
     except errors as exc:

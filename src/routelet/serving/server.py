@@ -15,6 +15,12 @@ input.max_length. Inference runs in worker threads, one per core, on fair batche
 (`batcher.MicroBatcher`): a small request waits for at most about one batch whatever else is in
 flight, and the `X-Queue-Ms` response header says how long it waited before its first text reached
 a model.
+
+`serve` serves the folder through a `reload.RouterHolder` (unless reload=False): a promotion or
+rollback that moves the folder's link (data/promoted/current), or a SIGHUP, swaps the router in
+while requests keep being answered; /healthz says which model_version serves now. With
+`log_samples` (a folder or s3://bucket/prefix), every routed text is written, redacted, with its
+decision to a `sample_log.SampleLog`, which buffers and writes from its own thread.
 """
 
 from __future__ import annotations
@@ -22,7 +28,10 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import os
+import signal
 import string
+import sys
+import threading
 from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
@@ -38,7 +47,9 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
 
 from routelet.serving.batcher import MicroBatcher
 from routelet.serving.http_guard import API_KEY_HEADER, Guard, deadline_protocol, error_response
+from routelet.serving.reload import RouterHolder
 from routelet.serving.runtime import Router
+from routelet.serving.sample_log import SampleLog, sample_record
 
 MIN_API_KEY_CHARS = 16
 _KEY_CHARACTERS = frozenset(string.ascii_letters + string.digits + string.punctuation)
@@ -198,12 +209,14 @@ def _add_docs(app: FastAPI) -> None:
                                    swagger_favicon_url=f"{root}/static/docs/favicon.png")
 
 
-def create_app(router: Router, api_key: str | None = None, limits: Limits = Limits()) -> FastAPI:
-    """The FastAPI app serving `router`. With `api_key`, /v1/* needs the X-API-Key header."""
+def create_app(router: Router | RouterHolder, api_key: str | None = None, limits: Limits = Limits(),
+               sample_log: SampleLog | None = None) -> FastAPI:
+    """The FastAPI app serving `router` (or a RouterHolder, whose current router answers each call).
+    With `api_key`, /v1/* needs the X-API-Key header; with `sample_log`, each routed text and its
+    decision is logged there (redacted; the log writes from its own thread)."""
     check_api_key(api_key)
     RouteRequest = request_model(limits)
     page = playground_html()
-    health = {"status": "ok", "model_version": router.model_version}
     batcher = MicroBatcher(router.route, workers=os.cpu_count() or 1, max_texts=limits.batch_texts,
                            share=max(1, limits.batch_texts // 4))
 
@@ -233,7 +246,8 @@ def create_app(router: Router, api_key: str | None = None, limits: Limits = Limi
     @app.get("/healthz")
     @app.head("/healthz", include_in_schema=False)
     def healthz() -> dict:
-        return health
+        # Read per request: a RouterHolder may have swapped the router since the last one.
+        return {"status": "ok", "model_version": router.model_version}
 
     @app.get("/v1/model", dependencies=v1, summary="router.json of the served router")
     def model() -> dict:
@@ -260,6 +274,8 @@ def create_app(router: Router, api_key: str | None = None, limits: Limits = Limi
             return error_response(422, _validation_reasons(exc))
         texts = [body.text] if body.texts is None else body.texts
         routed = await batcher.route(texts, body.top_k)
+        if sample_log is not None:
+            sample_log.write([sample_record(text, result) for text, result in zip(texts, routed.results)])
         # The runtime already returns the documented shape: no second validation pass.
         content = routed.results[0] if body.texts is None else {"results": routed.results}
         return JSONResponse(content, headers={"X-Queue-Ms": f"{routed.queue_ms:.1f}"})
@@ -287,6 +303,13 @@ def uvicorn_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, limi
                           http=deadline_protocol(limits.header_timeout_s), timeout_keep_alive=5)
 
 
+def _exit_on_sigterm() -> None:
+    """uvicorn raises the SIGTERM it caught again once it has shut down; by default that ends the
+    process before serve()'s cleanup (the sample log's buffer would be lost): a SystemExit instead."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+
+
 def serve(
     router: str | Path = "router",
     host: str = "127.0.0.1",
@@ -296,8 +319,15 @@ def serve(
     limits: Limits = Limits(),
     log_level: str = "info",
     access_log: bool = False,
+    reload: bool = True,
+    log_samples: str | None = None,
+    log_endpoint_url: str | None = None,
 ) -> None:
     """Load the router folder and run uvicorn (one worker) until interrupted.
+
+    reload watches the folder (and takes SIGHUP) and swaps a new router in after its self-check;
+    log_samples is a folder or s3://bucket/prefix (log_endpoint_url for R2/MinIO) for the sample
+    log, closed (everything buffered written) when the server stops.
 
     access_log logs one line per request. It is off by default: under load at concurrency 8, py-spy
     showed formatting and writing that line taking about a sixth of the event loop's time.
@@ -313,5 +343,20 @@ def serve(
     check_api_key(api_key)
     import uvicorn
 
-    app = create_app(Router.load(router, threads=threads), api_key=api_key, limits=limits)
-    uvicorn.Server(uvicorn_config(app, host, port, limits, log_level, access_log)).run()
+    served = RouterHolder.load(router, threads=threads) if reload else Router.load(router, threads=threads)
+    try:
+        samples = SampleLog(log_samples, endpoint_url=log_endpoint_url) if log_samples else None
+    except OSError as exc:
+        raise ServeError(f"--log-samples {log_samples}: cannot create the folder ({exc}); pass a folder "
+                         "that can be created or an s3://bucket/prefix") from None
+    try:
+        app = create_app(served, api_key=api_key, limits=limits, sample_log=samples)
+        if reload:
+            served.start(watch=True, sighup=True)
+        _exit_on_sigterm()
+        uvicorn.Server(uvicorn_config(app, host, port, limits, log_level, access_log)).run()
+    finally:
+        if reload:
+            served.stop()
+        if samples is not None:
+            samples.close()
