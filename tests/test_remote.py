@@ -322,7 +322,8 @@ def test_the_served_router_and_every_trained_artifact_are_pushed_outputs():
     from dvc.repo import Repo
 
     with Repo(str(ROOT)) as repo:
-        outs = {str(out.def_path): (stage.name, out.use_cache) for stage in repo.index.stages for out in stage.outs}
+        outs = {str(out.def_path): (stage.addressing, out.use_cache) for stage in repo.index.stages
+                for out in stage.outs}
     assert outs["data/router"] == ("export_onnx", True)
     for path in ("data/prepared", "data/models/tfidf", "data/models/setfit"):
         assert outs[path][1], f"{path} is not pushed"

@@ -27,7 +27,8 @@ def stages():
 
     with Repo(str(ROOT)) as repo:
         return {stage.addressing: (stage.cmd, [str(dep.def_path) for dep in stage.deps],
-                                   [str(out.def_path) for out in stage.outs]) for stage in repo.index.stages}
+                                   [str(out.def_path) for out in stage.outs])
+                for stage in repo.index.stages if stage.cmd}  # not data/screens.dvc: it runs nothing
 
 
 def module_file(name: str) -> Path | None:
