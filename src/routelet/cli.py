@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Callable, Iterator
 
 from routelet.paths import ROUTER
@@ -34,8 +35,21 @@ def positive_int(value: str) -> int:
     return number
 
 
+def positive_float(value: str) -> float:
+    """argparse type: a finite number above 0."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not 0 < number < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value} is not allowed: give a number above 0")
+    return number
+
+
 def _route_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("text", nargs="?", help="text to route; omit it to read one text per stdin line")
+    parser.add_argument("--image", nargs="+", metavar="PATH",
+                        help="route these image files with an image router (one JSON line each)")
     parser.add_argument("--router", default=DEFAULT_ROUTER, help=_ROUTER_HELP)
     parser.add_argument("--top-k", type=positive_int, default=3,
                         help="how many top routes to list, 1 or more (default: %(default)s)")
@@ -62,6 +76,15 @@ def _route(args: argparse.Namespace) -> int:
     from routelet.serving.runtime import Router
 
     router = Router.load(args.router, threads=args.threads)
+    image_router = router.info.input.modality == "image"
+    if bool(args.image) != image_router:
+        print(f"routelet route: error: {args.router} routes {router.info.input.modality}s: "
+              f"{'pass --image PATH...' if image_router else 'pass text, not --image'}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    for path in args.image or []:  # an unreadable file abstains with the reason, the rest go on
+        print(json.dumps({"image": path, **router.route_one(Path(path), top_k=args.top_k)}), flush=True)
+    if image_router:
+        return 0
     if args.text is not None:
         print(json.dumps(router.route_one(args.text, top_k=args.top_k)))
         return 0
@@ -89,14 +112,26 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
                         "(read them back with `python -m stages.pull_samples`)")
     parser.add_argument("--log-endpoint-url", default=None,
                         help="S3-compatible endpoint for an s3:// --log-samples (R2, MinIO); default: AWS_ENDPOINT_URL or AWS")
+    parser.add_argument("--defer", choices=["teacher"], default=None,
+                        help="ask the LLM teacher (Claude: $ANTHROPIC_API_KEY, $ANTHROPIC_BASE_URL) about the texts "
+                        'the router abstains on; results then carry "deferred"')
+    parser.add_argument("--defer-timeout", type=positive_float, default=2.0, metavar="S",
+                        help="seconds a request waits for the LLM before the reject route answers (default: %(default)s)")
+    parser.add_argument("--defer-concurrency", type=positive_int, default=4, metavar="N",
+                        help="LLM calls in flight at most; over it the router answers at once (default: %(default)s)")
+    parser.add_argument("--defer-per-minute", type=positive_int, default=60, metavar="N",
+                        help="LLM calls per minute at most; over it the router answers at once (default: %(default)s)")
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from routelet.serving.defer import DeferSettings
     from routelet.serving.server import serve
 
+    defer = None if args.defer is None else DeferSettings(
+        timeout_s=args.defer_timeout, concurrency=args.defer_concurrency, per_minute=args.defer_per_minute)
     serve(args.router, host=args.host, port=args.port, api_key=args.api_key, threads=args.threads,
           access_log=args.access_log, reload=args.reload, log_samples=args.log_samples,
-          log_endpoint_url=args.log_endpoint_url)
+          log_endpoint_url=args.log_endpoint_url, defer=defer)
     return 0
 
 

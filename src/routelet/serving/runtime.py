@@ -36,6 +36,10 @@ from pathlib import Path
 import numpy as np
 
 from routelet.serving.onnx_model import OnnxModel
+from PIL import Image
+
+from routelet.serving.image_input import ImageRejected, open_image
+from routelet.serving.image_models import load_image_tier, probe_image
 from routelet.serving.preprocess import preprocess
 from routelet.serving.router_format import RouterError, RouterInfo, Tier, router_error
 from routelet.serving.tfidf_model import TfidfModel
@@ -47,9 +51,11 @@ REJECT_ROUTE, LOW_CONFIDENCE = "reject route", "low confidence"
 _CONTENT = re.compile(r"[^\W_]")  # a letter or a digit, in any script
 
 
-def load_tier(folder: Path, info: RouterInfo, tier: Tier, threads: int = 1) -> OnnxModel | TfidfModel:
-    """The model of one tier: `model.read(preprocessed texts)` -> (fine-label probabilities over
-    info.labels, whether each text holds a token the model knows)."""
+def load_tier(folder: Path, info: RouterInfo, tier: Tier, threads: int = 1):
+    """The model of one tier: `model.read(preprocessed texts or decoded images)` -> (fine-label
+    probabilities over info.labels, whether each input holds something the model knows)."""
+    if info.input.modality == "image":
+        return load_image_tier(folder, info, tier, threads)
     if tier.kind == "tfidf":
         return TfidfModel(folder, tier.files, info.labels)
     tokenizer = folder / tier.files.get("tokenizer", info.input.tokenizer or "tokenizer.json")
@@ -83,7 +89,7 @@ class Router:
         for tier, model in zip(self.info.tiers, self._models):
             where = self.folder / tier.files["model"]
             try:
-                probs = model(["hello"])
+                probs = model([probe_image() if self.info.input.modality == "image" else "hello"])
             except Exception as exc:
                 raise router_error(where, f"the model fails to run ({exc})") from None
             if probs.shape != (1, len(self.labels)) or not np.all(np.isfinite(probs)):
@@ -101,8 +107,8 @@ class Router:
         """decide() plus, per text, why it must abstain whatever the model says (None: it need not)."""
         if isinstance(texts, str):
             raise TypeError("probs() and route() take a list of texts; use route_one(text)")
-        prepared = [preprocess(t) for t in texts]
-        readable = np.array([_CONTENT.search(t) is not None for t in prepared], dtype=bool)
+        prepared, problems = self._prepare(texts)
+        readable = np.array([problem is None for problem in problems], dtype=bool)
         probs = np.zeros((len(texts), len(self.labels)))
         known = np.zeros(len(texts), dtype=bool)
         answered_by = np.full(len(texts), len(self._models) - 1)
@@ -121,8 +127,25 @@ class Router:
                 keep &= route_probs.argmax(axis=1) != self._reject
             probs[todo[keep]], answered_by[todo[keep]], known[todo[keep]] = tier_probs[keep], index, True
             todo = todo[~keep]
-        forced = [NO_CONTENT if not r else NO_KNOWN_TOKENS if not k else None for r, k in zip(readable, known)]
+        forced = [problem or (None if k else NO_KNOWN_TOKENS) for problem, k in zip(problems, known)]
         return probs, answered_by, forced
+
+    def _prepare(self, inputs: list) -> tuple[list, list[str | None]]:
+        """What the tiers read, and per input why nothing in it can be read (None: it can): texts go
+        through the one preprocess; an image router takes bytes, a path or a PIL image, decoded with
+        the guards of routelet.serving.image_input (a rejected image abstains with the reason)."""
+        if self.info.input.modality != "image":
+            prepared = [preprocess(t) for t in inputs]
+            return prepared, [None if _CONTENT.search(t) else NO_CONTENT for t in prepared]
+        images, problems = [], []
+        for item in inputs:
+            try:
+                images.append(item if isinstance(item, Image.Image) else open_image(item, self.info.input))
+                problems.append(None)
+            except (ImageRejected, OSError) as exc:  # OSError: a path that is missing or a folder
+                images.append(probe_image())
+                problems.append(f"unreadable image: {exc}")
+        return images, problems
 
     def probs(self, texts: list[str]) -> np.ndarray:
         """Preprocessed fine-label probabilities, shape (len(texts), len(labels))."""
