@@ -46,6 +46,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
                       model_validator)
 
 from routelet.serving.batcher import MicroBatcher
+from routelet.serving.defer import Deferrer, DeferSettings
 from routelet.serving.http_guard import API_KEY_HEADER, Guard, deadline_protocol, error_response
 from routelet.serving.reload import RouterHolder
 from routelet.serving.runtime import Router
@@ -116,6 +117,10 @@ class RouteResult(BaseModel):
     top_k: list[TopRoute]
     tier: str = Field(description="the tier (model family) that answered")
     model_version: str
+    deferred: bool | None = Field(None, description="with deferral on: true when the LLM chose `route`")
+    deferred_reason: str | None = Field(
+        None, description="why an abstention deferred to the LLM fell back to the router's answer "
+        "(timeout, budget, concurrency, the API's error)")
 
 
 class RouteResults(BaseModel):
@@ -210,10 +215,11 @@ def _add_docs(app: FastAPI) -> None:
 
 
 def create_app(router: Router | RouterHolder, api_key: str | None = None, limits: Limits = Limits(),
-               sample_log: SampleLog | None = None) -> FastAPI:
+               sample_log: SampleLog | None = None, deferrer: Deferrer | None = None) -> FastAPI:
     """The FastAPI app serving `router` (or a RouterHolder, whose current router answers each call).
     With `api_key`, /v1/* needs the X-API-Key header; with `sample_log`, each routed text and its
-    decision is logged there (redacted; the log writes from its own thread)."""
+    decision is logged there (redacted; the log writes from its own thread); with `deferrer`,
+    abstentions are asked of an LLM (`defer.Deferrer`)."""
     check_api_key(api_key)
     RouteRequest = request_model(limits)
     page = playground_html()
@@ -274,10 +280,11 @@ def create_app(router: Router | RouterHolder, api_key: str | None = None, limits
             return error_response(422, _validation_reasons(exc))
         texts = [body.text] if body.texts is None else body.texts
         routed = await batcher.route(texts, body.top_k)
+        results = routed.results if deferrer is None else await deferrer.apply(texts, routed.results, router.info)
         if sample_log is not None:
-            sample_log.write([sample_record(text, result) for text, result in zip(texts, routed.results)])
+            sample_log.write([sample_record(text, result) for text, result in zip(texts, results)])
         # The runtime already returns the documented shape: no second validation pass.
-        content = routed.results[0] if body.texts is None else {"results": routed.results}
+        content = results[0] if body.texts is None else {"results": results}
         return JSONResponse(content, headers={"X-Queue-Ms": f"{routed.queue_ms:.1f}"})
 
     app.add_middleware(Guard, api_key=api_key, max_body_bytes=limits.max_body_bytes,
@@ -322,6 +329,7 @@ def serve(
     reload: bool = True,
     log_samples: str | None = None,
     log_endpoint_url: str | None = None,
+    defer: DeferSettings | None = None,
 ) -> None:
     """Load the router folder and run uvicorn (one worker) until interrupted.
 
@@ -332,8 +340,11 @@ def serve(
     access_log logs one line per request. It is off by default: under load at concurrency 8, py-spy
     showed formatting and writing that line taking about a sixth of the event loop's time.
 
+    defer sends abstentions to the Claude teacher (ANTHROPIC_API_KEY, ANTHROPIC_BASE_URL).
+
     Raises RouterError for a missing or broken folder and ServeError for a non-loopback host
-    without an API key or a key that is too short, before binding anything.
+    without an API key, a key that is too short or deferral without ANTHROPIC_API_KEY, before
+    binding anything.
     """
     if not api_key and not is_loopback(host):
         raise ServeError(
@@ -341,6 +352,10 @@ def serve(
             "pass --api-key or set ROUTELET_API_KEY, or bind 127.0.0.1"
         )
     check_api_key(api_key)
+    try:
+        deferrer = Deferrer.teacher(defer) if defer is not None else None
+    except ValueError as exc:
+        raise ServeError(str(exc)) from None
     import uvicorn
 
     served = RouterHolder.load(router, threads=threads) if reload else Router.load(router, threads=threads)
@@ -350,7 +365,7 @@ def serve(
         raise ServeError(f"--log-samples {log_samples}: cannot create the folder ({exc}); pass a folder "
                          "that can be created or an s3://bucket/prefix") from None
     try:
-        app = create_app(served, api_key=api_key, limits=limits, sample_log=samples)
+        app = create_app(served, api_key=api_key, limits=limits, sample_log=samples, deferrer=deferrer)
         if reload:
             served.start(watch=True, sighup=True)
         _exit_on_sigterm()
@@ -360,3 +375,5 @@ def serve(
             served.stop()
         if samples is not None:
             samples.close()
+        if deferrer is not None:
+            deferrer.close()
