@@ -1,13 +1,7 @@
-"""Stage calibrate: per family, fit a temperature on the calibration split, measure NLL, ECE and
-Brier before and after, choose the abstain threshold from `calibrate.policy`, and score the policy's
-outcome (what `export_onnx.ship: auto` ranks families by). A calibration split under
-`calibrate.cv_below` rows (a few examples per route) is too small to fit on: then the figures come
-from out-of-fold logits over train + calibration, each family refitted per fold.
-
-    python -m stages.calibrate
-
-Reads params `train` (the families), `calibrate.*`; data/prepared; data/models/<family>. Writes
-report/calibration.json, DVC plot data under report/plots/ and figures under report/figures/.
+"""Stage calibrate (`python -m stages.calibrate`): per family, a temperature on the calibration
+split, NLL/ECE/Brier before and after, the abstain threshold from `calibrate.policy` and the score it
+reached (what `export_onnx.ship: auto` ranks by). Under `calibrate.cv_below` calibration rows, out-of-
+fold logits over train + calibration instead. Writes report/calibration.json, plot data, figures.
 """
 
 from __future__ import annotations

@@ -15,33 +15,17 @@ nothing), report/timings.json (latency and size, which move with the host), repo
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from routelet.data.dataset import load_prepared
 from routelet.data.rows import sha256_file
 from routelet.evaluation.plots import confusion_figure, scatter_figure
-from routelet.evaluation.report import evaluate, folder_megabytes, llm_baselines, router_latency, single_query_latency
-from routelet.export.ship import image_router
+from routelet.evaluation.report import evaluate, folder_megabytes, llm_baselines, single_query_latency
+from routelet.evaluation.served import guard_scores, measure_image_router, measure_routers
 from routelet.families import MODELS, load_trained, trained_names
 from routelet.params import load_params, run
 from routelet.paths import BASELINES, CALIBRATION, DETAILS, EXPORT, FIGURES, METRICS, PLOTS, PREPARED, ROUTER, TIMINGS
-from routelet.serving import gate
 from routelet.serving.router_format import RouterInfo
 from routelet.serving.runtime import Router
-
-
-def guard_scores(router: Router, guards: dict[str, float]) -> dict:
-    """The shipped router's accuracy on each guard set beside its floor (params `promote.guards`); a
-    set written for another taxonomy is skipped, saying so."""
-    scores = {}
-    for path, floor in guards.items():
-        try:
-            accuracy = gate.outcomes(router, gate.read_set(path, floor)).score()
-        except gate.GateError as error:
-            print(f"report: guard set skipped: {error}")
-            continue
-        scores[Path(path).stem] = {"accuracy": round(accuracy, 4), "floor": floor, "meets_floor": accuracy >= floor}
-    return scores
 
 
 def main() -> None:
@@ -95,39 +79,6 @@ def main() -> None:
     scatter_figure({n: (timings[n]["p50_ms"], m[key]) for n, m in metrics.items() if n in timings},
                    "single-query p50 latency, ms (log)", key.replace("_", " "), "Accuracy vs latency",
                    FIGURES / "accuracy_vs_latency.png", log_x=True)
-
-
-def measure_routers(router: Router, texts, sample, truth, calibration, metrics, timings, details) -> None:
-    """The shipped text router through the runtime, and each of its tiers alone when it has several.
-    `truth`: the holdout's route ids, the route names and the reject route's index."""
-    y, names, reject = truth
-    for key, folder in routers(router).items():
-        served = router if folder == ROUTER else Router.load(folder, threads=1)
-        probs, by = served.decide(texts)
-        result = evaluate(probs @ served.info.route_matrix(), y, names, reject, calibration[served.info.family])
-        metrics[key] = result["headline"] | {"answered_share": {
-            tier: round(float((by == index).mean()), 4) if len(by) else 0.0 for index, tier in enumerate(served.tier_names)}}
-        details[key] = result["detail"] | {"family": served.info.family, "tiers": served.tier_names}
-        timings[key] = router_latency(served, sample) | {"size_mb": folder_megabytes(folder)}
-        print(f"report: {key}: {metrics[key]} {timings[key]}")
-
-
-def measure_image_router(paths, sample, truth, calibration: dict, metrics, timings, details) -> None:
-    """The shipped image router (one tier), torch-free from its folder, on the holdout's image files."""
-    (y, names, reject), info, predict = truth, RouterInfo.read(ROUTER), image_router(ROUTER)
-    result = evaluate(predict(paths) @ info.route_matrix(), y, names, reject, calibration)
-    metrics["router"] = result["headline"] | {"answered_share": {info.family: 1.0}}
-    details["router"] = result["detail"] | {"family": info.family, "tiers": [info.family]}
-    timings["router"] = single_query_latency(predict, sample) | {"size_mb": folder_megabytes(ROUTER)}
-    print(f"report: router: {metrics['router']} {timings['router']}")
-
-
-def routers(router: Router) -> dict:
-    """The shipped router, and each of its tiers alone (from its subfolder) when it has several."""
-    if len(router.tier_names) == 1:
-        return {"router": ROUTER}
-    return {"router": ROUTER, **{f"router:{tier.family}": ROUTER / Path(tier.files["model"]).parent
-                                 for tier in router.info.tiers}}
 
 
 if __name__ == "__main__":

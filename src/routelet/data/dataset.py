@@ -190,6 +190,20 @@ def _taxonomy_from_labels(folder: Path, train: list[Sourced]) -> Taxonomy:
                         "add a taxonomy.yaml") from None
 
 
+def per_label_indices(labels: list[str], per_label: int | None, seed: int) -> list[int]:
+    """Indices of at most `per_label` rows of each label (all when None), a seeded choice, in order."""
+    by_label: dict[str, list[int]] = defaultdict(list)
+    for i, label in enumerate(labels):
+        by_label[label].append(i)
+    rng = random.Random(seed)
+    chosen = []
+    for label in sorted(by_label):
+        rows = by_label[label][:]
+        rng.shuffle(rows)
+        chosen += rows if per_label is None else rows[:per_label]
+    return sorted(chosen)
+
+
 def stratified_split(rows: list[Sourced], fraction: float, seed: int) -> tuple[list[Sourced], list[Sourced]]:
     """Hold out `fraction` of each label (at least one row where a label has two or more)."""
     by_label: dict[str, list[Sourced]] = defaultdict(list)

@@ -21,13 +21,12 @@ import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import ValidationError, field_validator
 
-from routelet.data.rows import DataError, Rejected, bounded, shown, write_jsonl
+from routelet.data.rows import DataError, Rejected, RowFields, bounded, json_object, shown, write_jsonl
 from routelet.serving.image_input import ImageRejected, open_image
 from routelet.serving.router_format import ImageInput
 
@@ -35,13 +34,8 @@ HASH_SIDE = 8  # dHash: 9x8 greyscale, one bit per horizontal neighbour pair = 6
 NEAR = 4  # bits of 64 two perceptual hashes may differ by and still be the same screenshot
 
 
-class ImageRow(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ImageRow(RowFields):
     image: str
-    label: str | None = None
-    id: str | int | None = None
-    meta: dict[str, Any] | None = None
 
     @field_validator("image")
     @classmethod
@@ -111,18 +105,9 @@ def read_image_rows(
     return rows, rejected
 
 
-def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    value: dict[str, Any] = {}
-    for key, item in pairs:
-        if key in value:
-            raise ValueError(f"duplicate key {shown(key)}: name each field once")
-        value[key] = item
-    return value
-
-
 def _parse(raw: bytes, known: set[str] | None, require_label: bool) -> ImageRow:
     try:
-        value = json.loads(raw.decode("utf-8"), object_pairs_hook=_pairs)
+        value = json.loads(raw.decode("utf-8"), object_pairs_hook=json_object)
     except UnicodeDecodeError as error:
         raise ValueError(f"invalid UTF-8 at byte {error.start + 1}: re-save the file as UTF-8") from None
     except json.JSONDecodeError as error:

@@ -85,13 +85,18 @@ def _clean(value: str, what: str) -> str:
     return value
 
 
-class Row(BaseModel):
+class RowFields(BaseModel):
+    """What every dataset row may carry beside its input: a label, an id and free metadata."""
+
     model_config = ConfigDict(extra="forbid")
 
-    text: str
     label: str | None = None
     id: str | int | None = None
     meta: dict[str, Any] | None = None
+
+
+class Row(RowFields):
+    text: str
 
     @field_validator("text")
     @classmethod
@@ -190,7 +195,7 @@ class _BadJson(ValueError):
     pass
 
 
-def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """json's object hook: a repeated key would silently keep only its last value."""
     value: dict[str, Any] = {}
     for key, item in pairs:
@@ -212,7 +217,7 @@ def parse_line(raw: bytes, known: set[str] | None, max_chars: int, require_label
     if line.startswith("\ufeff"):
         return "a byte-order mark starts this line (files joined with cat?): remove it", None
     try:
-        value = json.loads(line, object_pairs_hook=_object, parse_constant=_constant)
+        value = json.loads(line, object_pairs_hook=json_object, parse_constant=_constant)
     except _BadJson as error:
         return str(error), None
     except json.JSONDecodeError as error:

@@ -12,13 +12,12 @@ minus the top probability (`top`); ties keep the texts' own order.
 
 from __future__ import annotations
 
-import random
-from collections import defaultdict
 from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from routelet.data.dataset import per_label_indices
 from routelet.families import build_family
 from routelet.serving.router_format import softmax
 
@@ -43,17 +42,7 @@ class UncertaintyConfig(BaseModel):
 
 def capped_per_label(labels: list[str], cap: int | None, seed: int) -> list[int]:
     """Indices of at most `cap` rows of each label (a seeded choice), in their original order."""
-    if cap is None:
-        return list(range(len(labels)))
-    by_label: dict[str, list[int]] = defaultdict(list)
-    for i, label in enumerate(labels):
-        by_label[label].append(i)
-    rng = random.Random(seed)
-    chosen = []
-    for label in sorted(by_label):
-        rows = by_label[label]
-        chosen += rows if len(rows) <= cap else rng.sample(rows, cap)
-    return sorted(chosen)
+    return per_label_indices(labels, cap, seed)
 
 
 def uncertainty(probs: np.ndarray, measure: str) -> np.ndarray:

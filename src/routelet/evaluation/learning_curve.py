@@ -6,27 +6,17 @@ the route it gives on the holdout by argmax, so the curve isolates data size fro
 
 from __future__ import annotations
 
-import random
 from collections import defaultdict
 
 import numpy as np
 
-from routelet.data.dataset import Prepared
+from routelet.data.dataset import Prepared, per_label_indices
 from routelet.families import Trained, training_labels
 
 
 def sample_per_label(texts: list[str], labels: list[str], per_label: int | None, seed: int) -> tuple[list[str], list[str]]:
     """At most `per_label` rows of each label (all rows when None), the same rows for every family."""
-    by_label: dict[str, list[int]] = defaultdict(list)
-    for i, label in enumerate(labels):
-        by_label[label].append(i)
-    rng = random.Random(seed)
-    chosen = []
-    for label in sorted(by_label):
-        rows = by_label[label][:]
-        rng.shuffle(rows)
-        chosen += rows if per_label is None else rows[:per_label]
-    chosen.sort()
+    chosen = per_label_indices(labels, per_label, seed)
     return [texts[i] for i in chosen], [labels[i] for i in chosen]
 
 

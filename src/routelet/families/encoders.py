@@ -115,15 +115,21 @@ def keep_first_layers(model, n: int, where: str = "layers") -> None:
     backbone.config.num_hidden_layers = n
 
 
-def _from_hub(spec: EncoderSpec, source: str, device: str):
-    from sentence_transformers import SentenceTransformer
-
+def hub_fix(spec: EncoderSpec, source: str) -> str:
+    """What to do when `source` is not a local folder; raises EncoderUnavailable at once (saying it)
+    when the hub is unreachable: with no network the hub client retries for a minute first."""
     fix = (f"Where the hub is reachable run `hf download {source} --local-dir models/{spec.name}`, "
            f"copy that folder here and set encoders.{spec.name}.source in params.yaml to it.")
-    # Probe first: with no network the hub client retries for a minute before it gives up.
     if not _hub_reachable():
         raise EncoderUnavailable(f"encoder {spec.name!r}: {source!r} is not a local folder and the Hugging Face "
                                  f"hub is unreachable (or HF_HUB_OFFLINE is set). {fix}")
+    return fix
+
+
+def _from_hub(spec: EncoderSpec, source: str, device: str):
+    from sentence_transformers import SentenceTransformer
+
+    fix = hub_fix(spec, source)
     try:
         return SentenceTransformer(source, device=device)
     except Exception as error:

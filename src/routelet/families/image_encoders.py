@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from routelet.families.encoders import CACHE_ROOT, EmbeddingCache, EncoderSpec, EncoderUnavailable, _hub_reachable
+from routelet.families.encoders import CACHE_ROOT, EmbeddingCache, EncoderSpec, EncoderUnavailable, hub_fix
 from routelet.serving.image_input import open_image, pixel_values
 from routelet.serving.router_format import ImageInput
 
@@ -189,11 +189,7 @@ def _from_hub(spec: EncoderSpec, source: str):
     """The same message as the text encoders (encoders._from_hub) when the hub cannot be reached."""
     from transformers import AutoImageProcessor, AutoModel
 
-    fix = (f"Where the hub is reachable run `hf download {source} --local-dir models/{spec.name}`, "
-           f"copy that folder here and set encoders.{spec.name}.source in params.yaml to it.")
-    if not _hub_reachable():
-        raise EncoderUnavailable(f"encoder {spec.name!r}: {source!r} is not a local folder and the Hugging Face "
-                                 f"hub is unreachable (or HF_HUB_OFFLINE is set). {fix}")
+    fix = hub_fix(spec, source)
     try:
         model, processor = AutoModel.from_pretrained(source), AutoImageProcessor.from_pretrained(source)
     except Exception as error:

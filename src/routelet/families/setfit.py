@@ -39,19 +39,8 @@ from routelet.families.head import EncoderFamily, LinearHead, new_logistic
 from routelet.serving.preprocess import preprocess
 
 HYPERPARAMS = (
-    "max_steps",
-    "batch_size",
-    "learning_rate",
-    "warmup_ratio",
-    "hard_negatives",
-    "hard_negative_k",
-    "scale",
-    "max_seq_length",
-    "train_layers",
-    "precision",
-    "C",
-    "embed_batch_size",
-    "threads",
+    "max_steps", "batch_size", "learning_rate", "warmup_ratio", "hard_negatives", "hard_negative_k",
+    "scale", "max_seq_length", "train_layers", "precision", "C", "embed_batch_size", "threads",
     "seed",
 )
 
