@@ -246,4 +246,4 @@ def test_quick_run_end_to_end(workspace, tmp_path):
     assert results["ratios"]["tiered_over_encoder_int8_p50"]["value"] > 0
     assert results["ratios"]["http_c32_errors"]["value"] == 0
     assert results["meta"]["family"] == "setfit" and results["meta"]["host_probe_ms_end"] > 0
-    assert "redaction" in results["extra"] and "heavy_batch_rss" in results["extra"]
+    assert "redaction" in results["extra"] and "heavy_batch_rss" in results["extra"]["serve_stress"]
