@@ -29,10 +29,14 @@ Batches: POST /v1/messages/batches, GET .../{id} (ended after `batch_polls` retr
 GET .../{id}/results (JSONL). A batch request whose behaviour is "server_error" ends "errored";
 `failing_creates = n` answers the next n batch creations with a 500.
 FakeOpenAI answers POST /v1/chat/completions with `content(text)` as the message content.
+A request holding an image (an Anthropic base64 image block, or an OpenAI `image_url` data: URL)
+stands as "image:<sha-256 of the decoded bytes>" wherever a request text is used.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import re
 import threading
@@ -44,10 +48,23 @@ from typing import Callable
 REQUEST = re.compile(r"<request>(.*)</request>", re.S)
 
 
+def image_bytes(block: dict) -> bytes:
+    """The decoded bytes of an Anthropic image block or an OpenAI image_url part."""
+    if block["type"] == "image":
+        return base64.b64decode(block["source"]["data"], validate=True)
+    header, _, data = block["image_url"]["url"].partition(",")
+    assert header.startswith("data:image/") and header.endswith(";base64"), header
+    return base64.b64decode(data, validate=True)
+
+
 def request_text(body: dict) -> str:
-    """The user text inside the <request> tags of a Messages or chat-completions body."""
+    """The user text inside the <request> tags of a Messages or chat-completions body, or
+    "image:<sha-256>" for a request holding an image."""
     content = body["messages"][-1]["content"]
     if isinstance(content, list):
+        images = [image_bytes(block) for block in content if block.get("type") in ("image", "image_url")]
+        if images:
+            return "image:" + hashlib.sha256(images[0]).hexdigest()
         content = "".join(block.get("text", "") for block in content)
     match = REQUEST.search(content)
     return match.group(1) if match else content

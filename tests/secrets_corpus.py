@@ -352,3 +352,13 @@ def leaks(secret: Secret, output: str) -> list[str]:
             continue
         found += [part[i:i + WINDOW] for i in range(len(part) - WINDOW + 1) if part[i:i + WINDOW] in out]
     return found
+
+
+def json_strings(value) -> list[str]:
+    """Every string in a JSON document except hashes (cache keys, prompt hashes), which are hex: a
+    short secret (a PIN) could appear in one by chance."""
+    if isinstance(value, dict):
+        return [s for key, item in value.items() if key not in ("key", "prompt_hash") for s in json_strings(item)]
+    if isinstance(value, list):
+        return [s for item in value for s in json_strings(item)]
+    return [value] if isinstance(value, str) else []

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 from fake_anthropic import FakeAnthropic, request_text
-from secrets_corpus import leaks, make_corpus
+from secrets_corpus import json_strings, leaks, make_corpus
 
 from routelet import paths
 from routelet.data.dataset import load_dataset
@@ -328,8 +328,8 @@ def test_no_secret_reaches_the_server_the_pool_the_review_file_or_the_logs(tmp_p
     texts = [request_text(json.loads(r["raw"])) for r in server.requests]  # what was sent about each sample
     for path in (project.files.collected, project.files.state / QUEUE, project.files.state / REVIEW,
                  project.files.state / CACHE):
-        texts += [value for line in path.read_text().splitlines() for value in strings(json.loads(line))]
-    texts += strings(report)
+        texts += [value for line in path.read_text().splitlines() for value in json_strings(json.loads(line))]
+    texts += json_strings(report)
     logs = logs.out + logs.err
     assert "ingest: " in logs and "<secret>" in "".join(texts)
     # A PIN is 3 or 4 digits: any token count or dollar figure in the logs would contain one.
@@ -337,15 +337,6 @@ def test_no_secret_reaches_the_server_the_pool_the_review_file_or_the_logs(tmp_p
              for s in corpus}
     found = {kind: pieces for kind, pieces in found.items() if pieces}
     assert not found
-
-
-def strings(value) -> list[str]:
-    """Every string in a JSON document except hashes (cache keys, prompt hashes), which are hex."""
-    if isinstance(value, dict):
-        return [s for key, item in value.items() if key not in ("key", "prompt_hash") for s in strings(item)]
-    if isinstance(value, list):
-        return [s for item in value for s in strings(item)]
-    return [value] if isinstance(value, str) else []
 
 
 def run_stage(project: Project, monkeypatch, api_key: str | None) -> int:

@@ -1,18 +1,24 @@
 """`routelet llm-baseline` end to end against local stand-ins of Claude and of an
-OpenAI-compatible endpoint: metrics, the file the report reads, resume, sample, malformed output."""
+OpenAI-compatible endpoint: metrics, the file the report reads, resume, sample, malformed output,
+and image holdouts (screenshots sent as images; bad image rows rejected, never sent)."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 
+import numpy as np
 import pytest
-from fake_anthropic import FakeAnthropic, FakeOpenAI
+from fake_anthropic import FakeAnthropic, FakeOpenAI, image_bytes
+from PIL import Image
 
 from routelet.cli import main
 from routelet.data.rows import sha256_file
 from routelet.data.taxonomy import Taxonomy
 from routelet.evaluation.report import llm_baselines
 from routelet.llm.baseline import sample_rows
+from routelet.llm.prompt import IMAGE_NOTE
 
 TAXONOMY = Taxonomy.model_validate({"reject": "oos", "routes": [
     {"name": "banking", "description": "Bank accounts.", "labels": ["balance", "transfer", "pay_bill"]},
@@ -179,3 +185,129 @@ def test_openai_needs_a_base_url_and_a_model(data, capsys):
     assert run(data, "--provider", "openai", "--base-url", "http://127.0.0.1:9/v1") == 2
     err = capsys.readouterr().err
     assert "needs a base URL" in err and "needs --model" in err
+
+
+# Screenshots: the prompt-based alternative to a trained image router ("just ask the VLM").
+SCREENS = Taxonomy.model_validate({"reject": "other", "routes": [
+    {"name": "calendar", "description": "A month or week calendar grid.", "labels": ["month", "week"]},
+    {"name": "claim", "description": "A form editing an insurance claim."},
+    {"name": "other", "description": "Any other screen."},
+]})
+# (file, label, what the stand-in answers): 3 of 4 in scope right, 1 of 2 others turned away.
+SHOTS = [("a.png", "month", "calendar"), ("b.png", "week", "claim"), ("c.png", "claim", "claim"),
+         ("d.png", "calendar", "calendar"), ("e.png", "other", "other"), ("f.png", "other", "calendar")]
+
+
+def shot(seed: int) -> bytes:
+    """A small distinct picture per seed: blocks of colour on a background."""
+    rng = np.random.default_rng(seed)
+    array = np.full((48, 64, 3), rng.integers(0, 255, 3), np.uint8)
+    for _ in range(6):
+        x, y = rng.integers(0, 54), rng.integers(0, 38)
+        array[y:y + 10, x:x + 10] = rng.integers(0, 255, 3)
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def screens(tmp_path):
+    """An image holdout: six good rows (one with a prepared row's extra fields), a truncated PNG
+    (line 3), a missing file (line 6), then an absolute path, one leaving the folder and a text file."""
+    folder = tmp_path / "screens"
+    (folder / "images").mkdir(parents=True)
+    answers, lines = {}, []
+    for seed, (name, label, answer) in enumerate(SHOTS):
+        data = shot(seed)
+        (folder / "images" / name).write_bytes(data)
+        answers["image:" + hashlib.sha256(data).hexdigest()] = answer
+        lines.append({"image": f"images/{name}", "label": label})
+    lines[0] |= {"source": "data/screens/test.jsonl:1", "id": 7}
+    cut = shot(99)
+    (folder / "images" / "cut.png").write_bytes(cut[: len(cut) // 2])
+    lines.insert(2, {"image": "images/cut.png", "label": "claim"})
+    lines.insert(5, {"image": "images/gone.png", "label": "claim"})
+    (folder / "images" / "notes.png").write_text("not a picture\n")
+    lines += [{"image": "/etc/hostname", "label": "other"}, {"image": "../screens/images/a.png", "label": "other"},
+              {"image": "images/notes.png", "label": "other"}]
+    (folder / "test.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    SCREENS.save(folder / "taxonomy.json")
+    (folder / "params.yaml").write_text(FAST_PARAMS)
+    return folder, answers, hashlib.sha256(cut[: len(cut) // 2]).hexdigest()
+
+
+def test_an_image_holdout_is_scored_and_its_bad_rows_never_sent(screens, monkeypatch, capsys):
+    folder, answers, cut_sha = screens
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    with FakeAnthropic(answer=lambda text, enum: answers[text]) as server:
+        assert run(folder, "--base-url", server.url, "--model", "claude-test") == 0
+        bodies = [json.loads(r["raw"]) for r in server.requests]
+        assert len(bodies) == 6 and set(server.answered.values()) == {1}
+        assert run(folder, "--base-url", server.url, "--model", "claude-test") == 0
+        assert len(server.requests) == 6  # the re-run is answered from the cache
+    err = capsys.readouterr().err
+    assert "test.jsonl:3: not sent: image 'images/cut.png': truncated or corrupt PNG data" in err
+    assert "test.jsonl:6: not sent" in err and "5 image rows rejected" in err
+    assert "test.jsonl:9: not sent: image '/etc/hostname': '/etc/hostname' is absolute" in err
+    assert "test.jsonl:10: not sent: image '../screens/images/a.png': '../screens/images/a.png' leaves" in err
+    assert "test.jsonl:11: not sent: image 'images/notes.png': not an image Pillow can read" in err
+    assert f"image:{cut_sha}" not in server.answered
+    image, note = bodies[0]["messages"][0]["content"]
+    assert image["type"] == "image" and image["source"]["media_type"] == "image/png"
+    assert image_bytes(image) == (folder / "images" / "a.png").read_bytes() and note["text"] == IMAGE_NOTE
+    assert "screenshots" in bodies[0]["system"][0]["text"] and "A form editing an insurance claim." in (
+        bodies[0]["system"][0]["text"])
+    assert bodies[0]["tools"][0]["input_schema"]["properties"]["route"]["enum"] == ["calendar", "claim", "other"]
+    [metrics] = llm_baselines(folder / "baselines.json", sha256_file(folder / "test.jsonl")).values()
+    assert metrics["n"] == 6 and metrics["pending"] == 0 and metrics["malformed"] == 0
+    assert metrics["accuracy"] == 0.6667 and metrics["in_scope_accuracy"] == 0.75 and metrics["oos_recall"] == 0.5
+    assert metrics["input_tokens_per_request"] > 0 and metrics["cost_per_1k_usd"] > 0
+    entry = stored(folder)
+    # Keyed by row of test.jsonl (0-based; rows 2, 5 and 8-10 were rejected), each with its image's hash.
+    assert entry["answers"]["claude-test"] == {"0": "calendar", "1": "claim", "3": "claim", "4": "calendar",
+                                               "6": "other", "7": "calendar"}
+    details = entry["details"]["claude-test"]
+    assert details["rejected"] == 5 and [r["row"] for r in details["rejected_rows"]] == [2, 5, 8, 9, 10]
+    assert "no such file" in details["rejected_rows"][1]["reason"]
+    assert details["image_sha256"]["0"] == hashlib.sha256((folder / "images" / "a.png").read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize(("line", "problem"), [
+    ('{"image": "images/a.png", "label": "banking"}', "label 'banking' is neither a label nor a route"),
+    ('{"image": "images/a.png"', 'expected a JSON object with "image" and "label"'),
+    ('{"image": ["images/a.png"], "label": "claim"}', '"image" must be a path'),
+])
+def test_a_bad_image_holdout_line_stops_before_anything_is_sent(screens, monkeypatch, capsys, line, problem):
+    folder, answers, _ = screens
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    with (folder / "test.jsonl").open("a") as handle:
+        handle.write(line + "\n")
+    with FakeAnthropic(answer=lambda text, enum: answers[text]) as server:
+        assert run(folder, "--base-url", server.url, "--model", "claude-test") == 2
+        assert server.requests == []
+    assert f"test.jsonl:12: {problem}" in capsys.readouterr().err
+
+
+def test_an_image_holdout_through_an_openai_compatible_endpoint(screens, monkeypatch):
+    folder, answers, cut_sha = screens
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with FakeOpenAI(content=lambda text: json.dumps({"route": answers[text]})) as server:
+        assert run(folder, "--provider", "openai", "--base-url", f"{server.url}/v1", "--model", "qwen-vl") == 0
+        bodies = [json.loads(r["raw"]) for r in server.requests]
+    assert len(bodies) == 6 and f"image:{cut_sha}" not in server.answered
+    part, note = bodies[0]["messages"][1]["content"]
+    assert part["type"] == "image_url" and part["image_url"]["url"].startswith("data:image/png;base64,")
+    assert image_bytes(part) == (folder / "images" / "a.png").read_bytes() and note["text"] == IMAGE_NOTE
+    assert "screenshots" in bodies[0]["messages"][0]["content"]
+    assert stored(folder)["models"]["qwen-vl"]["accuracy"] == 0.6667
+
+
+def test_an_image_holdout_with_nothing_sendable_writes_nothing(screens, monkeypatch, capsys):
+    folder, answers, _ = screens
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    (folder / "test.jsonl").write_text(json.dumps({"image": "images/cut.png", "label": "claim"}) + "\n")
+    with FakeAnthropic(answer=lambda text, enum: answers[text]) as server:
+        assert run(folder, "--base-url", server.url, "--model", "claude-test") == 2
+        assert server.requests == []
+    assert "no image row can be sent (line 1: image 'images/cut.png': truncated" in capsys.readouterr().err
+    assert not (folder / "baselines.json").exists()

@@ -1,28 +1,34 @@
 """The Claude teacher against a real HTTP stand-in of the Anthropic API (tests/fake_anthropic.py),
-through the real `anthropic` SDK: answers, retries, budget, cache, batches, redaction, resume."""
+through the real `anthropic` SDK: answers, retries, budget, cache, batches, redaction, resume, and
+screenshots (image blocks, fitted to the API, cached by their bytes' hash)."""
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import io
 import json
-import random
 import signal
-import string
 import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
-from fake_anthropic import FakeAnthropic
+from fake_anthropic import FakeAnthropic, FakeOpenAI, image_bytes, request_text
+from PIL import Image
+from secrets_corpus import json_strings, leaks, make_corpus
 
 from routelet.data.taxonomy import Taxonomy
 from routelet.llm.cache import AnswerCache
 from routelet.llm.config import Prices, TeacherConfig
-from routelet.llm.prompt import Prompt
+from routelet.llm.image import image_request
+from routelet.llm.prompt import IMAGE_NOTE, Prompt
 from routelet.llm.retry import retry_after_seconds
 from routelet.llm.teacher import NO_KEY, make_teacher
+from routelet.serving.image_input import ImageRejected
 
 TAXONOMY = Taxonomy.model_validate({"reject": "oos", "routes": [
     {"name": "banking", "description": "Bank accounts.", "labels": ["balance", "transfer", "pay_bill"]},
@@ -226,49 +232,22 @@ def test_duplicates_in_one_list_are_asked_once(server, tmp_path):
     assert [r.label for r in results] == ["balance"] * 3 and len(server.requests) == 1
 
 
-def fake_secrets(n_each: int = 10, seed: int = 0) -> list[tuple[str, str, str]]:
-    """(kind, phrase, the part that must never leave the machine): 13 kinds, 130 secrets."""
-    rnd = random.Random(seed)
-
-    def s(alphabet: str, k: int) -> str:
-        return "".join(rnd.choice(alphabet) for _ in range(k))
-
-    up, low, dig = string.ascii_uppercase, string.ascii_lowercase, string.digits
-    an = up + low + dig
-    jwt_head = base64.urlsafe_b64encode(b'{"alg":"HS256","typ":"JWT"}').decode().rstrip("=")
-
-    def kinds():
-        email = f"{s(low, 8)}.{s(low, 5)}@{s(low, 6)}.com"
-        password, url_password = s(low, 5) + s(dig, 3) + "!", s(an, 12)
-        card = " ".join(s(dig, 4) for _ in range(4))
-        yield "email", f"mail {email} please", email
-        yield "aws", f"key AKIA{(v := s(up + dig, 16))}", v
-        yield "anthropic", f"use sk-ant-api03-{(v := s(an, 40))}", v
-        yield "github", f"token ghp_{(v := s(an, 36))} expired", v
-        yield "slack", f"xoxb-{s(dig, 12)}-{(v := s(an, 24))}", v
-        yield "google", f"AIza{(v := s(an, 35))} maps", v
-        yield "jwt", f"bearer {jwt_head}.eyJ{s(an, 20)}.{(v := s(an, 30))}", v
-        yield "card", f"charge {card} today", card
-        yield "password", f"my password: {password} is new", password
-        yield "url", f"open https://admin:{url_password}@db.internal/x", url_password
-        yield "stripe", f"sk_live_{(v := s(an, 24))}", v
-        yield "long_key", f"id {(v := s(low, 10) + s(dig, 8) + s(low, 10))}", v
-        yield "phone", f"call me at {(v := s(dig, 10))}", v
-
-    return [secret for _ in range(n_each) for secret in kinds()]
-
-
 def test_no_secret_reaches_the_api_the_cache_or_the_results(server, tmp_path):
-    secrets = fake_secrets()
-    assert len(secrets) >= 100 and len({kind for kind, _, _ in secrets}) >= 10
+    corpus = make_corpus(per_kind=4)
+    assert len(corpus) >= 100 and len({secret.kind for secret in corpus}) >= 10
     teacher = teacher_for(server, tmp_path, max_calls=None, max_usd=None)
-    results = teacher.label([f"balance question: {phrase}" for _, phrase, _ in secrets])
+    results = teacher.label([f"balance question: {secret.text}" for secret in corpus])
     assert all(r.status == "labeled" for r in results)
-    sent = server.raw_bodies().decode()
-    stored = (tmp_path / "cache.jsonl").read_text() + json.dumps([r.to_dict() for r in results])
-    leaked = [(kind, core) for kind, _, core in secrets if core in sent or core in stored]
-    assert leaked == []
-    assert "<email>" in sent and "<card>" in sent and "<key>" in sent  # the redacted text was sent
+    sent = "\n".join(request_text(json.loads(r["raw"])) for r in server.requests)
+    cache = (tmp_path / "cache.jsonl").read_text()
+    stored = json_strings([json.loads(line) for line in cache.splitlines()] + [r.to_dict() for r in results])
+    # Short secrets (a 3-digit PIN) are looked for in the texts; longer ones in the raw bytes too, where
+    # JSON may have escaped them, and where any token count would hold a PIN's digits by chance.
+    raw = server.raw_bodies().decode() + cache
+    found = {s.kind: leaks(s, sent + "\n".join(stored)) + (leaks(s, raw) if min(map(len, s.parts)) >= 6 else [])
+             for s in corpus}
+    assert {kind: pieces for kind, pieces in found.items() if pieces} == {}
+    assert "<email>" in sent and "<card>" in sent  # the redacted text was sent
 
 
 def test_the_prompt_hash_follows_what_the_model_sees():
@@ -384,3 +363,109 @@ def test_batch_mode_respects_the_budget_in_order_and_survives_a_failing_create(s
     server.failing_creates = 2  # the create call itself fails, twice
     again = teacher_for(server, tmp_path, batch=True, batch_poll_s=0.05, max_attempts=2).label(TEXTS)
     assert [r.status for r in again] == ["labeled"] * 3 + ["queued"] * 5 and "HTTP 500" in again[3].reason
+
+
+# Screenshots: the image teacher (routelet.llm.image) sends each one as an image block.
+SHOT_LABELS = ["balance", "book_hotel", "oos"]
+
+
+def picture(seed: int, size=(64, 48), fmt="PNG", noise=False) -> bytes:
+    rng = np.random.default_rng(seed)
+    if noise:
+        array = rng.integers(0, 255, (size[1], size[0], 3), np.uint8)
+    else:
+        array = np.full((size[1], size[0], 3), rng.integers(0, 255, 3), np.uint8)
+        array[size[1] // 4:size[1] // 2, size[0] // 3:size[0] // 2] = rng.integers(0, 255, 3)
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def image_teacher(server, tmp_path, **settings):
+    return make_teacher(TAXONOMY, TeacherConfig(**(FAST | settings)), tmp_path / "cache.jsonl", api_key="test-key",
+                        base_url=server.url, modality="image")
+
+
+@pytest.fixture
+def shots():
+    data = [picture(seed) for seed in range(3)]
+    return data, {"image:" + hashlib.sha256(shot).hexdigest(): label for shot, label in zip(data, SHOT_LABELS)}
+
+
+def test_an_image_is_sent_as_an_image_block_and_cached_by_its_bytes(tmp_path, shots):
+    data, labels = shots
+    (tmp_path / "a.png").write_bytes(data[0])
+    with FakeAnthropic(answer=lambda text, enum: labels[text]) as server:
+        results = image_teacher(server, tmp_path).label([image_request(tmp_path / "a.png"),
+                                                         *map(image_request, data[1:])])
+        assert [r.label for r in results] == SHOT_LABELS and len(server.requests) == 3
+        body = messages(server)[0]
+        (tmp_path / "moved").mkdir()
+        (tmp_path / "moved" / "b.png").write_bytes(data[0])  # the same bytes under another path
+        again = image_teacher(server, tmp_path).label([image_request(tmp_path / "moved" / "b.png")])
+        assert again[0].cached and again[0].label == "balance" and len(server.requests) == 3
+    image, note = body["messages"][0]["content"]
+    assert image["type"] == "image" and image["source"]["type"] == "base64"
+    assert image["source"]["media_type"] == "image/png" and image_bytes(image) == data[0]
+    assert note == {"type": "text", "text": IMAGE_NOTE}
+    system = body["system"][0]["text"]
+    assert system.startswith("You route screenshots") and "Bank accounts." in system
+    assert body["tool_choice"] == {"type": "tool", "name": "classify"}
+    assert body["tools"][0]["input_schema"]["properties"]["label"]["enum"] == TAXONOMY.labels
+    assert results[0].text == f"<image sha256={hashlib.sha256(data[0]).hexdigest()} max_side=1568>"
+    assert results[1].provenance["usage"]["cache_read_input_tokens"] > 0  # usage straight from the API
+    cache = (tmp_path / "cache.jsonl").read_text()
+    assert base64.b64encode(data[0]).decode()[:40] not in cache and "a.png" not in cache  # hash only
+    assert Prompt(TAXONOMY, modality="image").hash != Prompt(TAXONOMY).hash
+
+
+def test_an_image_is_fitted_to_what_the_api_takes():
+    wide = image_request(picture(1, size=(3000, 1000)))
+    assert wide.media_type == "image/png" and (wide.width, wide.height) == (1568, 523)
+    assert Image.open(io.BytesIO(wide.data)).size == (1568, 523) and wide.tokens == 1568 * 523 // 750
+    photo = image_request(picture(2, size=(2000, 1600), fmt="JPEG"))
+    assert photo.media_type == "image/jpeg" and (photo.width, photo.height) == (1568, 1254)
+    bmp = picture(3, fmt="BMP")
+    sent = image_request(bmp)  # not a format the API takes: re-encoded losslessly as PNG
+    assert sent.media_type == "image/png" and sent.sha256 == hashlib.sha256(bmp).hexdigest()
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(sent.data))), np.asarray(Image.open(io.BytesIO(bmp))))
+    webp = picture(4, fmt="WEBP")
+    assert image_request(webp).data == webp and image_request(webp).media_type == "image/webp"
+    noise = image_request(picture(5, size=(1400, 1400), noise=True))  # its PNG is over the 5 MB limit
+    assert noise.media_type == "image/jpeg" and len(noise.base64()) <= 5 * 1024 * 1024
+    with pytest.raises(ImageRejected, match="truncated or corrupt PNG"):
+        image_request(picture(6)[:-60])
+    with pytest.raises(ImageRejected, match="not an image"):
+        image_request(b"GIF89a but not really")
+
+
+def test_a_teacher_takes_only_its_own_modality(server, tmp_path):
+    with pytest.raises(TypeError, match="modality='image'"):
+        teacher_for(server, tmp_path).label([image_request(picture(0))])
+    with pytest.raises(TypeError, match="modality='text'"):
+        image_teacher(server, tmp_path).label(["what is my balance"])
+    assert server.requests == []
+
+
+def test_images_in_batch_mode_and_over_the_budget(tmp_path, shots):
+    data, labels = shots
+    with FakeAnthropic(answer=lambda text, enum: labels[text]) as server:
+        results = image_teacher(server, tmp_path, batch=True, batch_poll_s=0.05, max_calls=2).label(
+            [image_request(shot) for shot in data])
+        [created] = [json.loads(r["raw"]) for r in server.requests if r["path"] == "/v1/messages/batches"]
+    assert [r.status for r in results] == ["labeled", "labeled", "queued"] and results[1].label == "book_hotel"
+    assert "budget reached" in results[2].reason and results[2].text.startswith("<image sha256=")
+    assert image_bytes(created["requests"][0]["params"]["messages"][0]["content"][0]) == data[0]
+
+
+def test_an_openai_compatible_endpoint_gets_an_image_url(tmp_path, shots):
+    data, labels = shots
+    with FakeOpenAI(content=lambda text: json.dumps({"label": labels[text]})) as server:
+        teacher = make_teacher(TAXONOMY, TeacherConfig(**FAST), tmp_path / "cache.jsonl", provider="openai",
+                               base_url=f"{server.url}/v1", modality="image")
+        results = teacher.label([image_request(shot) for shot in data])
+        body = json.loads(server.requests[0]["raw"])
+    assert [r.label for r in results] == SHOT_LABELS
+    part, note = body["messages"][1]["content"]
+    assert part["image_url"]["url"].startswith("data:image/png;base64,") and image_bytes(part) == data[0]
+    assert note == {"type": "text", "text": IMAGE_NOTE} and "screenshots" in body["messages"][0]["content"]

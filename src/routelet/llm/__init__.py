@@ -9,9 +9,10 @@
     routelet llm-baseline                 # scores an LLM on the holdout into report/baselines.json
 
 Modules: config (settings, prices, budget), prompt (taxonomy prompt, answer parsing), cache
-(answers on disk), retry, teacher (Claude), openai_compat (any chat-completions endpoint), batch
-(Message Batches), baseline (scoring), command (the CLI subcommand). Nothing is imported here, so
-`import routelet.llm.command` stays cheap for the CLI. Torch-free on purpose (the server imports it
-to defer abstentions): only anthropic, httpx, numpy, pydantic, the standard library and
-routelet.serving / routelet.data.taxonomy.
+(answers on disk), retry, image (screenshots fitted to the API), teacher (Claude), openai_compat
+(any chat-completions endpoint), batch (Message Batches), baseline (scoring), command (the CLI
+subcommand). Nothing is imported here, so `import routelet.llm.command` stays cheap for the CLI.
+Torch-free on purpose (the server imports it to defer abstentions): only anthropic, httpx, numpy,
+pydantic, Pillow, the standard library and routelet.serving / routelet.data.taxonomy (the baseline
+reads image holdouts with routelet.data).
 """

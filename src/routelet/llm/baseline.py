@@ -3,6 +3,7 @@
     routelet llm-baseline                                    # Claude, params.yaml ingest.teacher
     routelet llm-baseline --provider openai --base-url http://127.0.0.1:8000/v1 --model arch-router
     routelet llm-baseline --limit 500                        # a seeded sample of the holdout
+    routelet llm-baseline --holdout data/screens/test.jsonl --taxonomy data/screens/taxonomy.yaml
 
 Writes report/baselines.json, which the report reads (`llm_baselines`) for its `llm:<name>`
 column when the holdout hash matches:
@@ -15,6 +16,14 @@ column when the holdout hash matches:
 per-row answers (0-based row index of the holdout file -> the route answered, null when the
 answer was not a route) in `answers`. Answers come through the teacher's cache, so a re-run pays
 only for rows not answered before; rows the budget or the API left unanswered are `pending`.
+
+An image holdout ({"image": "relative/path.png", "label"} rows, paths relative to its folder)
+asks the model to route each screenshot (routelet.llm.image). Its rows are checked as the
+pipeline checks images (routelet.data.images): a missing, corrupt or unsafe image is never sent;
+it is counted in `details` (`rejected`, and `rejected_rows`: row, line, reason) and left out of
+every figure, as prepare leaves it out of the trained routers' holdout. `details` also maps each
+row to its image's sha-256 (`image_sha256`), which joins the answers to the prepared copy
+(images/<sha-256>.<ext>).
 """
 
 from __future__ import annotations
@@ -25,20 +34,25 @@ import os
 import random
 import sys
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from routelet.data.rows import shown
 from routelet.data.taxonomy import Taxonomy
+from routelet.llm.image import ImageRequest
 from routelet.llm.result import Result
 from routelet.llm.teacher import Teacher
+
+LISTED = 100  # rejected image rows listed by line (the count covers them all)
 
 
 def read_holdout(path: str | Path, taxonomy: Taxonomy) -> tuple[list[str], list[str]]:
     """Texts and true routes of a {"text", "label"} JSONL file; errors name file and line."""
     texts, routes = [], []
-    owner = {label: taxonomy.route_of(label) for label in taxonomy.labels} | {r: r for r in taxonomy.route_names}
+    owner = _owners(taxonomy)
     with Path(path).open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
@@ -58,6 +72,70 @@ def read_holdout(path: str | Path, taxonomy: Taxonomy) -> tuple[list[str], list[
     return texts, routes
 
 
+@dataclass
+class ImageHoldout:
+    rows: list[int]  # the 0-based row index in the file (blank lines skipped, as read_holdout)
+    requests: list[ImageRequest]
+    routes: list[str]
+    rejected: list[dict]  # {"row", "line", "reason"} of each row whose image cannot be sent
+
+
+def read_image_holdout(path: str | Path, taxonomy: Taxonomy) -> ImageHoldout:
+    """The sendable screenshots of an image JSONL file and their true routes. A line that is not a
+    row, or a label outside the taxonomy, stops the run as for texts; an image that cannot be sent
+    (unsafe path, missing, corrupt, over the guards) is rejected with its reason."""
+    from routelet.llm.image import image_request
+
+    owner, root = _owners(taxonomy), Path(path).parent.resolve()
+    holdout = ImageHoldout([], [], [], [])
+    with Path(path).open("rb") as handle:
+        for row, (number, raw) in enumerate((n, raw) for n, raw in enumerate(handle, start=1) if raw.strip()):
+            try:
+                value = json.loads(raw.removeprefix(b"\xef\xbb\xbf"))
+                image, label = value["image"], value["label"]
+            except (ValueError, KeyError, TypeError):
+                raise ValueError(f'{path}:{number}: expected a JSON object with "image" and "label"') from None
+            if not isinstance(image, str):
+                raise ValueError(f'{path}:{number}: "image" must be a path relative to the file\'s folder')
+            if label not in owner:
+                raise ValueError(f"{path}:{number}: label {label!r} is neither a label nor a route of the taxonomy "
+                                 "(is the taxonomy the one this holdout was prepared with?)")
+            try:
+                request = image_request(_image_path(root, image))
+            except ValueError as error:  # ImageRejected, or an unsafe path
+                holdout.rejected.append({"row": row, "line": number, "reason": f"image {shown(image)}: {error}"})
+                continue
+            holdout.rows.append(row)
+            holdout.requests.append(request)
+            holdout.routes.append(owner[label])
+    if not holdout.rows:
+        first = f" (line {holdout.rejected[0]['line']}: {holdout.rejected[0]['reason']})" if holdout.rejected else ""
+        raise ValueError(f"{path}: no image row can be sent{first}")
+    return holdout
+
+
+def _image_path(root: Path, image: str) -> Path:
+    """The file an image row names, with the dataset's own path rules (routelet.data.images)."""
+    from pydantic import ValidationError
+
+    from routelet.data.images import ImageRow
+
+    try:
+        ImageRow(image=image)
+    except ValidationError as error:
+        raise ValueError(error.errors()[0]["msg"].removeprefix("Value error, ")) from None
+    path = (root / image).resolve()
+    if not path.is_relative_to(root):  # a symlink out of the folder
+        raise ValueError("resolves outside the dataset folder: copy it in")
+    if not path.is_file():
+        raise ValueError(f"no such file in {root}")
+    return path
+
+
+def _owners(taxonomy: Taxonomy) -> dict[str, str]:
+    return {label: taxonomy.route_of(label) for label in taxonomy.labels} | {r: r for r in taxonomy.route_names}
+
+
 def sample_rows(n: int, limit: int | None, seed: int) -> list[int]:
     """All row indices, or a seeded sample of `limit` of them in file order."""
     if limit is None or limit >= n:
@@ -69,17 +147,28 @@ def sample_rows(n: int, limit: int | None, seed: int) -> list[int]:
 
 def run_baseline(teacher: Teacher, holdout: str | Path, out: str | Path, name: str,
                  limit: int | None = None, seed: int = 0) -> dict[str, Any]:
-    """Score `teacher` on the holdout and merge its entry into `out`; return its metrics."""
-    texts, truth = read_holdout(holdout, teacher.taxonomy)
-    rows = sample_rows(len(texts), limit, seed)
-    results = teacher.label([texts[i] for i in rows])
+    """Score `teacher` on the holdout and merge its entry into `out`; return its metrics.
+    An image teacher (modality "image") takes an image holdout."""
+    extra: dict[str, Any] = {}
+    if teacher.prompt.modality == "image":
+        images = read_image_holdout(holdout, teacher.taxonomy)
+        requests, truth, ids = images.requests, images.routes, images.rows
+        extra = {"rejected": len(images.rejected), "rejected_rows": images.rejected[:LISTED]}
+    else:
+        requests, truth = read_holdout(holdout, teacher.taxonomy)
+        ids = list(range(len(requests)))
+    rows = sample_rows(len(requests), limit, seed)
+    if teacher.prompt.modality == "image":
+        extra["image_sha256"] = {str(ids[i]): requests[i].sha256 for i in rows}
+    results = teacher.label([requests[i] for i in rows])
     answers = [_route(teacher, result) for result in results]
     metrics, details = score(teacher, [truth[i] for i in rows], results, answers)
     details |= {"model": teacher.config.model, "labeler": teacher.labeler, "prompt_hash": teacher.prompt.hash,
                 "rows": len(rows), "limit": limit, "seed": seed,
-                "pending_reason": next((r.reason for r in results if r.status == "queued"), "")}
+                "pending_reason": next((r.reason for r in results if r.status == "queued"), "")} | extra
     if metrics["n"]:
-        by_row = {str(i): answer for i, answer, result in zip(rows, answers, results) if result.status != "queued"}
+        by_row = {str(ids[i]): answer for i, answer, result in zip(rows, answers, results)
+                  if result.status != "queued"}
         write_entry(out, _sha256(holdout), name, metrics, details, by_row)
     return {"metrics": metrics, "details": details}
 

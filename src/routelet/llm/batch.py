@@ -17,7 +17,7 @@ from pathlib import Path
 
 from routelet.llm.result import Result
 from routelet.llm.retry import CallFailed, with_retries
-from routelet.llm.teacher import ClaudeTeacher, answer_from_message, now_iso, sdk_errors
+from routelet.llm.teacher import ClaudeTeacher, answer_from_message, now_iso, sdk_errors, shown
 
 
 def label_in_batches(teacher: ClaudeTeacher, todo: dict[str, str]) -> dict[str, Result]:
@@ -37,7 +37,7 @@ def label_in_batches(teacher: ClaudeTeacher, todo: dict[str, str]) -> dict[str, 
     for key, text in todo.items():
         cached = teacher._cached(text, key)
         results[key] = cached if cached is not None else Result(
-            text, "queued", reason=notes.get(key) or pending.waiting_reason(key), key=key)
+            shown(text), "queued", reason=notes.get(key) or pending.waiting_reason(key), key=key)
         if cached is not None:
             cached.cached = False  # answered in this run, not a hit from an earlier one
     return results

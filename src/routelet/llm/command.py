@@ -3,6 +3,7 @@
     routelet llm-baseline                                   # Claude; settings from params.yaml ingest.teacher
     routelet llm-baseline --limit 500 --max-usd 1           # a seeded sample, a hard spending cap
     routelet llm-baseline --provider openai --base-url http://127.0.0.1:8000/v1 --model arch-router
+    routelet llm-baseline --holdout data/screens/test.jsonl --taxonomy data/screens/taxonomy.yaml  # screenshots
 
 This module imports only argparse at the top, so building the CLI parser stays cheap; `run`
 imports the teacher. Exit status: 0 when rows were scored (some may still be pending: run again),
@@ -22,7 +23,9 @@ DEFAULT_CACHE = Path("data/llm_baseline_cache.jsonl")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
-    add("--holdout", default=str(PREPARED / "test.jsonl"), help="JSONL rows {text, label} (default: %(default)s)")
+    add("--holdout", default=str(PREPARED / "test.jsonl"),
+        help="JSONL rows {text, label}, or {image, label} with image paths relative to the file's folder "
+             "(default: %(default)s)")
     add("--taxonomy", default=str(PREPARED / "taxonomy.json"), help="taxonomy file (default: %(default)s)")
     add("--out", default=str(BASELINES), help="baselines file to merge the scores into (default: %(default)s)")
     add("--cache", default=str(DEFAULT_CACHE),
@@ -44,6 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from routelet.data.dataset import detect_modality
     from routelet.data.taxonomy import Taxonomy
     from routelet.llm.baseline import run_baseline
     from routelet.llm.teacher import make_teacher
@@ -51,13 +55,20 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = _config(args)
         taxonomy = Taxonomy.load(args.taxonomy)
-        teacher = make_teacher(taxonomy, config, args.cache, provider=args.provider, base_url=args.base_url)
+        modality = detect_modality(Path(args.holdout))  # the first row names an image: an image holdout
+        teacher = make_teacher(taxonomy, config, args.cache, provider=args.provider, base_url=args.base_url,
+                               modality=modality)
         name = args.name or config.model
         outcome = run_baseline(teacher, args.holdout, args.out, name, limit=args.limit, seed=args.seed)
     except (ValueError, OSError) as exc:
         print(f"routelet llm-baseline: error: {exc}", file=sys.stderr)
         return 2
-    metrics = outcome["metrics"]
+    metrics, rejected = outcome["metrics"], outcome["details"].get("rejected_rows", [])
+    for row in rejected:
+        print(f"{args.holdout}:{row['line']}: not sent: {row['reason']}", file=sys.stderr)
+    if rejected:
+        print(f"routelet llm-baseline: {outcome['details']['rejected']} image rows rejected (listed above; "
+              "fix or remove them): not scored", file=sys.stderr)
     print(f"llm:{name}: {metrics}")
     print(f"teacher: {teacher.summary()}")
     if not metrics["n"]:

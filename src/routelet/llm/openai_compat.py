@@ -6,7 +6,8 @@ The model must answer with a bare JSON object {"route": ..., "reason": ...} (the
 of the prompt's json style; a ```json fence is tolerated). Anything else is a `review` result,
 counted by the baseline as malformed, never a crash. Plain httpx, no SDK: the endpoint may be a
 local router LLM such as Arch-Router. The key, if the endpoint wants one, comes from `api_key`
-or $OPENAI_API_KEY.
+or $OPENAI_API_KEY. An image teacher (modality="image") sends the screenshot as an `image_url`
+part holding a data: URL, for a vision model behind the endpoint.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import httpx
 from routelet.data.taxonomy import Taxonomy
 from routelet.llm.cache import AnswerCache
 from routelet.llm.config import TeacherConfig
+from routelet.llm.image import ImageRequest
+from routelet.llm.prompt import IMAGE_NOTE
 from routelet.llm.retry import CallFailed, status_failure
 from routelet.llm.teacher import Answer, Teacher
 
@@ -29,8 +32,8 @@ class OpenAITeacher(Teacher):
     style = "json"
 
     def __init__(self, taxonomy: Taxonomy, config: TeacherConfig, cache: AnswerCache | str | Path | None = None,
-                 base_url: str = "", api_key: str | None = None) -> None:
-        super().__init__(taxonomy, config, cache)
+                 base_url: str = "", api_key: str | None = None, modality: str = "text") -> None:
+        super().__init__(taxonomy, config, cache, modality)
         api_key = api_key or os.environ.get("OPENAI_API_KEY")
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         self.base_url = base_url.rstrip("/")
@@ -40,13 +43,15 @@ class OpenAITeacher(Teacher):
     def cache_model(self) -> str:
         return f"openai:{self.config.model}"
 
-    def _ask(self, text: str, timeout: float) -> Answer:
+    def _ask(self, text: str | ImageRequest, timeout: float) -> Answer:
+        user = self.prompt.user(text) if isinstance(text, str) else [
+            {"type": "image_url", "image_url": {"url": text.data_url()}}, {"type": "text", "text": IMAGE_NOTE}]
         body = {
             "model": self.config.model,
             "temperature": 0,
             "max_tokens": self.config.max_tokens,
             "messages": [{"role": "system", "content": self.prompt.system},
-                         {"role": "user", "content": self.prompt.user(text)}],
+                         {"role": "user", "content": user}],
         }
         start = time.monotonic()
         try:

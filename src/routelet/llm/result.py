@@ -19,7 +19,7 @@ class Result:
       Send it again next run.
     """
 
-    text: str  # the redacted text: what was (or would be) sent
+    text: str  # the redacted text: what was (or would be) sent; for an image, its tag (sha-256, no bytes)
     status: Status
     label: str | None = None
     reason: str = ""

@@ -4,10 +4,12 @@
     results = teacher.label(texts)                 # ingest: in the given order, until the budget ends
     [result] = teacher.label([text], timeout_s=2)  # serve-time deferral: never waits past 2 s
     teacher.summary()                              # calls, cost, tokens, counts, why it stopped
+    make_teacher(..., modality="image").label([image_request(path)])  # screenshots (routelet.llm.image)
 
-Every text is redacted before it is hashed, cached or sent. A cached answer is returned without
-a request, with or without an API key. Without a key nothing is sent and every uncached text is
-returned `queued`; so is every text the budget, the deadline or a failing API leaves unanswered.
+Every text is redacted before it is hashed, cached or sent; an image is keyed by its bytes' hash.
+A cached answer is returned without a request, with or without an API key. Without a key nothing
+is sent and every uncached text is returned `queued`; so is every text the budget, the deadline or
+a failing API leaves unanswered.
 An answer outside the label set, malformed or refused is returned for `review`, never as a label.
 """
 
@@ -28,7 +30,8 @@ import anthropic
 from routelet.data.taxonomy import Taxonomy
 from routelet.llm.cache import AnswerCache, cache_key
 from routelet.llm.config import Budget, TeacherConfig
-from routelet.llm.prompt import TOOL_NAME, Prompt
+from routelet.llm.image import ImageRequest
+from routelet.llm.prompt import IMAGE_NOTE, TOOL_NAME, Prompt
 from routelet.llm.result import Result
 from routelet.llm.retry import CallFailed, status_failure, with_retries
 from routelet.serving.preprocess import redact
@@ -54,15 +57,21 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def shown(request: str | ImageRequest) -> str:
+    """What stands for a request in its cache key and its Result: the text, or the image's tag."""
+    return request if isinstance(request, str) else request.tag
+
+
 class Teacher:
     """The provider-independent part: redaction, cache, budget, retries, judging the answers."""
 
     labeler = "llm"
     style = "tool"
 
-    def __init__(self, taxonomy: Taxonomy, config: TeacherConfig, cache: AnswerCache | str | Path | None = None):
+    def __init__(self, taxonomy: Taxonomy, config: TeacherConfig, cache: AnswerCache | str | Path | None = None,
+                 modality: str = "text"):
         self.taxonomy, self.config = taxonomy, config
-        self.prompt = Prompt(taxonomy, config.granularity, self.style)
+        self.prompt = Prompt(taxonomy, config.granularity, self.style, modality)
         self.cache = cache if isinstance(cache, AnswerCache) or cache is None else AnswerCache(cache)
         self.budget = Budget(config)
         self.stopped = ""  # why this teacher sends nothing more (no key, bad key, budget spent)
@@ -77,13 +86,20 @@ class Teacher:
 
     # ---------------------------------------------------------------------------------- public
 
-    def label(self, texts: list[str], timeout_s: float | None = None) -> list[Result]:
-        """One Result per text, in order. Texts are asked in the given order until the budget,
-        the deadline (`timeout_s` from now) or the API runs out; the rest come back queued."""
+    def label(self, texts: list[str] | list[ImageRequest], timeout_s: float | None = None) -> list[Result]:
+        """One Result per text (or, for an image teacher, per ImageRequest), in order. They are
+        asked in the given order until the budget, the deadline (`timeout_s` from now) or the API
+        runs out; the rest come back queued."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        image = self.prompt.modality == "image"
+        wrong = next((item for item in texts if isinstance(item, ImageRequest) != image), None)
+        if wrong is not None:
+            raise TypeError(f"this teacher's prompt is for {self.prompt.modality} requests, got a "
+                            f"{type(wrong).__name__}: make the teacher with modality="
+                            f"{'text' if image else 'image'!r}")
         # Lone surrogates (bytes decoded with surrogateescape) cannot be sent as JSON: replaced.
-        redacted = [redact(text.encode("utf-8", "replace").decode("utf-8")) for text in texts]
-        keys = [cache_key(self.cache_model, self.prompt.hash, text) for text in redacted]
+        redacted = texts if image else [redact(text.encode("utf-8", "replace").decode("utf-8")) for text in texts]
+        keys = [cache_key(self.cache_model, self.prompt.hash, shown(text)) for text in redacted]
         results: list[Result | None] = [self._cached(text, key) for text, key in zip(redacted, keys)]
         todo = [i for i, result in enumerate(results) if result is None]
         if todo and self.config.batch and not self.stopped:
@@ -118,14 +134,14 @@ class Teacher:
             if not reason and not self.budget.reserve(self._estimate_usd(text)):
                 self.stopped = reason = self.budget.exhausted_reason()
             if reason:
-                results[i] = Result(text, "queued", reason=reason, key=key)
+                results[i] = Result(shown(text), "queued", reason=reason, key=key)
                 continue
             try:
                 answer = with_retries(lambda: self._ask(text, self._timeout(deadline)), self.config, deadline)
             except CallFailed as failure:
                 self.budget.release()
                 failures_in_row += 1
-                results[i] = Result(text, "queued", reason=f"{failure.kind}: {failure}", key=key)
+                results[i] = Result(shown(text), "queued", reason=f"{failure.kind}: {failure}", key=key)
                 if failure.kind == "fatal":
                     self.stopped = f"stopped: {failure}"
                 elif failure.stops_run or failures_in_row >= self.config.max_consecutive_failures:
@@ -134,7 +150,7 @@ class Teacher:
             failures_in_row = 0
             results[i] = self.record(text, key, answer)
 
-    def record(self, text: str, key: str, answer: Answer) -> Result:
+    def record(self, text: str | ImageRequest, key: str, answer: Answer) -> Result:
         """Judge an answer, bill it, cache it and return its Result."""
         value, problem = (None, answer.problem) if answer.problem else self.prompt.parse(answer.payload)
         cost = self.config.prices.cost(answer.usage, batch=answer.batch)
@@ -148,13 +164,13 @@ class Teacher:
                  "raw": answer.raw, "provenance": provenance}
         if self.cache is not None:
             self.cache.put(key, entry)
-        return Result(text, entry["status"], value, problem, answer.raw, provenance, key=key)
+        return Result(shown(text), entry["status"], value, problem, answer.raw, provenance, key=key)
 
-    def _cached(self, text: str, key: str) -> Result | None:
+    def _cached(self, text: str | ImageRequest, key: str) -> Result | None:
         entry = self.cache.get(key) if self.cache is not None else None
         if entry is None:
             return None
-        return Result(text, entry["status"], entry.get("label"), entry.get("reason", ""), entry.get("raw"),
+        return Result(shown(text), entry["status"], entry.get("label"), entry.get("reason", ""), entry.get("raw"),
                       entry.get("provenance"), cached=True, key=key)
 
     def _count(self, results: list[Result]) -> None:
@@ -163,10 +179,13 @@ class Teacher:
                 self.counts[result.status] += 1
                 self.counts["cache_hits"] += result.cached
 
-    def _estimate_usd(self, text: str) -> float:
+    def _estimate_usd(self, text: str | ImageRequest) -> float:
         """The price of a first call, before any invoice figure: ~3 characters a token (English
-        runs nearer 4), the prompt written to the cache, and a tool answer of up to 64 tokens."""
-        tokens = (len(self.prompt.system) + len(json.dumps(self.prompt.tool)) + len(text)) // 3
+        runs nearer 4), an image's width x height / 750, the prompt written to the cache, and a
+        tool answer of up to 64 tokens."""
+        words = len(text) if isinstance(text, str) else len(IMAGE_NOTE)
+        tokens = (len(self.prompt.system) + len(json.dumps(self.prompt.tool)) + words) // 3
+        tokens += 0 if isinstance(text, str) else text.tokens
         output = min(self.config.max_tokens, 64)
         return self.config.prices.cost({"cache_creation_input_tokens": tokens, "output_tokens": output})
 
@@ -175,7 +194,7 @@ class Teacher:
             return self.config.timeout_s
         return max(0.05, min(self.config.timeout_s, deadline - time.monotonic()))
 
-    def _ask(self, text: str, timeout: float) -> Answer:
+    def _ask(self, text: str | ImageRequest, timeout: float) -> Answer:
         raise NotImplementedError
 
 
@@ -185,8 +204,8 @@ class ClaudeTeacher(Teacher):
     labeler = "claude"
 
     def __init__(self, taxonomy: Taxonomy, config: TeacherConfig, cache: AnswerCache | str | Path | None = None,
-                 api_key: str | None = None, base_url: str | None = None) -> None:
-        super().__init__(taxonomy, config, cache)
+                 api_key: str | None = None, base_url: str | None = None, modality: str = "text") -> None:
+        super().__init__(taxonomy, config, cache, modality)
         api_key = api_key or os.environ.get("ANTHROPIC_API_KEY")
         self.client = None
         if not api_key:
@@ -196,18 +215,24 @@ class ClaudeTeacher(Teacher):
         self.client = anthropic.Anthropic(api_key=api_key, base_url=base_url, max_retries=0,
                                           timeout=config.timeout_s)
 
-    def request_params(self, text: str) -> dict[str, Any]:
-        """The Messages API parameters for one text (also the body of a batch request)."""
+    def request_params(self, text: str | ImageRequest) -> dict[str, Any]:
+        """The Messages API parameters for one text or image (also the body of a batch request)."""
+        if isinstance(text, str):
+            content: Any = self.prompt.user(text)
+        else:  # the image first, as Anthropic advises, then the one fixed line of text
+            content = [{"type": "image", "source": {"type": "base64", "media_type": text.media_type,
+                                                    "data": text.base64()}},
+                       {"type": "text", "text": IMAGE_NOTE}]
         return {
             "model": self.config.model,
             "max_tokens": self.config.max_tokens,
             "system": [{"type": "text", "text": self.prompt.system, "cache_control": {"type": "ephemeral"}}],
             "tools": [self.prompt.tool],
             "tool_choice": {"type": "tool", "name": TOOL_NAME},
-            "messages": [{"role": "user", "content": self.prompt.user(text)}],
+            "messages": [{"role": "user", "content": content}],
         }
 
-    def _ask(self, text: str, timeout: float) -> Answer:
+    def _ask(self, text: str | ImageRequest, timeout: float) -> Answer:
         start = time.monotonic()
         with sdk_errors():
             message = self.client.messages.create(**self.request_params(text), timeout=timeout)
@@ -249,16 +274,18 @@ def answer_from_message(message, latency_ms: float | None, batch: bool = False) 
 
 
 def make_teacher(taxonomy: Taxonomy, config: TeacherConfig, cache: AnswerCache | str | Path | None = None,
-                 provider: str = "anthropic", base_url: str | None = None, api_key: str | None = None) -> Teacher:
+                 provider: str = "anthropic", base_url: str | None = None, api_key: str | None = None,
+                 modality: str = "text") -> Teacher:
     """A teacher for `provider`: "anthropic" (Claude, the default) or "openai" (any
-    OpenAI-compatible chat-completions endpoint at `base_url`, e.g. vLLM or llama.cpp)."""
+    OpenAI-compatible chat-completions endpoint at `base_url`, e.g. vLLM or llama.cpp).
+    `modality` "image": it labels ImageRequests (screenshots) instead of texts."""
     if provider == "anthropic":
-        return ClaudeTeacher(taxonomy, config, cache, api_key=api_key, base_url=base_url)
+        return ClaudeTeacher(taxonomy, config, cache, api_key=api_key, base_url=base_url, modality=modality)
     if provider == "openai":
         if not base_url:
             raise ValueError("provider openai needs a base URL (e.g. http://127.0.0.1:8000/v1)")
         from routelet.llm.openai_compat import OpenAITeacher
 
-        return OpenAITeacher(taxonomy, config, cache, base_url=base_url, api_key=api_key)
+        return OpenAITeacher(taxonomy, config, cache, base_url=base_url, api_key=api_key, modality=modality)
     raise ValueError(f"unknown provider {provider!r}: use 'anthropic' or 'openai'")
 
