@@ -3,6 +3,7 @@
 Both use the same taxonomy: banking owns two fine labels (balance, transfer), travel owns
 flight, oos is the reject route. Texts made of one label's keywords route there; texts with
 no known words (or an even mix of two routes) fall under the 0.55 confidence gate and abstain.
+`make_image_router` is a pixels-family image router (screens: calendar, providers, other).
 """
 
 from __future__ import annotations
@@ -172,3 +173,30 @@ def tfidf_folder(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def onnx_folder(tmp_path_factory) -> Path:
     return make_onnx_router(tmp_path_factory.mktemp("onnx") / "router")
+
+
+IMAGE_ROUTES = [{"name": "calendar", "labels": ["calendar_month"], "target": "lora.calendar"},
+                {"name": "providers", "labels": ["provider_list"], "target": "lora.providers"},
+                {"name": "other", "labels": ["chat"], "target": "acme/base-vlm"}]
+
+
+def make_image_router(folder: Path) -> Path:
+    """A pixels-family image router (weight-free, torch-free, fast) trained on rendered screens:
+    calendar_month -> calendar, provider_list -> providers, chat -> other (the reject route)."""
+    from routelet.families.base import ExportOptions
+    from routelet.families.pixels import PixelsFamily
+    from test_pixels import screens
+
+    images, labels = screens(8, 0)
+    family = PixelsFamily(C=1.0).fit(images, labels)
+    fields = family.export(folder, folder, 1.0, ExportOptions(int8="fp32"))
+    info = {"format_version": 2, "model_version": "pixels-test0001", "family": "pixels", "labels": family.labels_,
+            "routes": IMAGE_ROUTES, "reject_route": "other", "input": family.input_spec().model_dump(),
+            "preprocess_version": PREPROCESS_VERSION, "abstain": {"threshold": 0.5},
+            "tiers": [{"family": "pixels", "temperature": 1.0, **fields}]}
+    return write_router_json(folder, info)
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory) -> Path:
+    return make_image_router(tmp_path_factory.mktemp("image") / "router")

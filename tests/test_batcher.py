@@ -95,3 +95,27 @@ def test_a_failed_large_request_is_not_run_further(router):
 def test_bad_settings_are_refused(router):
     with pytest.raises(ValueError, match="share >= 1"):
         MicroBatcher(router.route, workers=1, max_texts=4, share=0)
+
+
+def test_an_inline_request_alone_runs_on_the_loop_and_a_burst_still_goes_to_the_threads(router):
+    calls, threads = [], []
+
+    def route(texts, top_k):
+        calls.append(list(texts))
+        threads.append(threading.current_thread())
+        return router.route(texts, top_k)
+
+    async def main():
+        batcher = MicroBatcher(route, workers=1, max_texts=4, share=1)
+        alone = await batcher.route(["my balance"], 2, inline=True)
+        burst = await asyncio.gather(*(batcher.route([text], 1, inline=True) for text in ("flight", "funds", "airport")))
+        return alone, burst
+
+    alone, burst = asyncio.run(main())
+    assert alone.results == router.route(["my balance"], 2) and alone.queue_ms >= 0
+    assert [r.results for r in burst] == [router.route([text], 1) for text in ("flight", "funds", "airport")]
+    # The lone request ran on the event loop's own thread; the burst did not queue behind one another
+    # on the loop: the first gave the others a turn, they went to the worker and it followed them.
+    assert threads[0] is threading.main_thread()
+    assert all(thread is not threading.main_thread() for thread in threads[1:])
+    assert calls[1:] == [["funds"], ["airport", "flight"]]

@@ -5,11 +5,12 @@ and serve refusing to start without ANTHROPIC_API_KEY."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
 import pytest
-from fake_anthropic import FakeAnthropic
+from fake_anthropic import FakeAnthropic, FakeOpenAI
 from fastapi.testclient import TestClient
 from routers import tfidf_folder  # noqa: F401  (fixture)
 
@@ -137,6 +138,34 @@ def test_unreadable_text_is_not_deferred(router):
     unreadable = [r for r in results if r["abstain_reason"] == "no readable content"]
     assert unreadable and all(r["deferred"] is False and "deferred_reason" not in r for r in unreadable)
     assert server.count("/v1/messages") == len(results) - len(unreadable)
+
+
+def test_an_openai_compatible_endpoint_decides_the_abstentions(router, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with FakeOpenAI(content=lambda text: json.dumps({"route": "travel", "reason": "trip words"})) as server:
+        settings = DeferSettings(timeout_s=5.0, provider="openai", base_url=f"{server.url}/v1", model="arch-router")
+        deferrer = Deferrer.teacher(settings)  # no key needed: a local endpoint
+        client = TestClient(create_app(router, deferrer=deferrer))
+        confident, deferred = route(client, "what is my account balance", ABSTAINS)
+        deferrer.close()
+        body = json.loads(server.requests[0]["raw"])
+    assert body["model"] == "arch-router" and len(server.requests) == 1
+    assert confident["deferred"] is False and deferred["route"] == "travel" and deferred["deferred"] is True
+
+
+def test_an_openai_answer_off_the_routes_falls_back(router):
+    with FakeOpenAI(content=lambda text: json.dumps({"route": "weather"})) as server:
+        deferrer = Deferrer.teacher(DeferSettings(provider="openai", base_url=f"{server.url}/v1"), api_key="k")
+        [result] = route(TestClient(create_app(router, deferrer=deferrer)), ABSTAINS)
+        deferrer.close()
+    assert result["route"] == "oos" and result["deferred"] is False and result["deferred_reason"]
+
+
+def test_defer_openai_needs_a_base_url(tfidf_folder, capsys):
+    assert main(["serve", "--router", str(tfidf_folder), "--defer", "openai"]) == 2
+    assert "--defer-base-url" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="provider"):
+        DeferSettings(provider="gemini")
 
 
 def test_the_call_window_slides():

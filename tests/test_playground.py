@@ -6,6 +6,8 @@ skips locally, but fails under CI (env CI set), where .ci/run installs it.
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import socket
@@ -16,7 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from routers import tfidf_folder  # noqa: F401  (fixture)
+from routers import image_folder, tfidf_folder  # noqa: F401  (fixtures)
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -33,10 +35,20 @@ def _free_port() -> int:
 
 @pytest.fixture
 def server(tfidf_folder, tmp_path):
+    yield from _serve(tfidf_folder, tmp_path)
+
+
+@pytest.fixture
+def image_server(image_folder, tmp_path):
+    yield from _serve(image_folder, tmp_path)
+
+
+def _serve(folder: Path, tmp_path: Path):
+    """`routelet serve` on `folder` in a subprocess: yields its URL once /healthz answers."""
     port = _free_port()
     log = open(tmp_path / "server.log", "w")
     script = str(Path(sys.executable).parent / "routelet")
-    process = subprocess.Popen([script, "serve", "--router", str(tfidf_folder), "--port", str(port)],
+    process = subprocess.Popen([script, "serve", "--router", str(folder), "--port", str(port)],
                                stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -87,7 +99,7 @@ def test_playground_routes_a_request(server, chromium, tmp_path, text, route):
     bars = page.locator("#bars .bar")
     assert bars.count() == 3
     assert bars.first.get_attribute("data-route") == route
-    assert page.locator("#error").is_hidden()
+    assert page.locator("#error").is_hidden() and page.locator("#drop").is_hidden()
     page.screenshot(path=str(tmp_path / "playground.png"), full_page=True)
     assert (tmp_path / "playground.png").stat().st_size > 0
 
@@ -163,3 +175,42 @@ def test_docs_render_with_no_network(server, chromium, tmp_path):
     assert "/v1/route" in "".join(paths) and "/healthz" in "".join(paths)
     assert outside == []
     page.screenshot(path=str(tmp_path / "docs.png"), full_page=True)
+
+
+def test_playground_routes_an_image_chosen_or_dropped(image_server, chromium, tmp_path):
+    from test_pixels import screens
+
+    (calendar, providers, _), _ = screens(1, 1)
+    calendar.save(tmp_path / "calendar.png")
+    page = chromium.new_page()
+    page.goto(image_server + "/")
+    page.wait_for_selector("#drop", state="visible")  # the page read /v1/model: an image router
+    assert page.locator("#text").is_hidden()
+    page.set_input_files("#file", str(tmp_path / "calendar.png"))  # the file picker
+    page.wait_for_selector("#bars .bar")
+    assert page.text_content("#route") == "calendar" and page.text_content("#target") == "lora.calendar"
+    assert page.text_content("#model-version") == "pixels-test0001"
+    assert page.evaluate("document.getElementById('thumb').naturalWidth") == calendar.width  # the thumbnail
+    assert "calendar.png" in page.text_content("#file-name")
+    page.screenshot(path=str(tmp_path / "playground-image.png"), full_page=True)
+
+    def drop(name: str, data: bytes, kind: str) -> None:
+        """What a browser fires when a file is dragged from the desktop onto the zone."""
+        transfer = page.evaluate_handle(
+            """([name, b64, kind]) => {
+                const transfer = new DataTransfer();
+                const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+                transfer.items.add(new File([bytes], name, { type: kind }));
+                return transfer;
+            }""", [name, base64.b64encode(data).decode(), kind])
+        page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})
+
+    shot = io.BytesIO()
+    providers.save(shot, format="PNG")
+    drop("providers.png", shot.getvalue(), "image/png")
+    page.wait_for_function("document.getElementById('route').textContent === 'providers'")
+    assert page.locator("#thumb").is_visible() and "providers.png" in page.text_content("#file-name")
+    drop("notes.txt", b"not an image at all", "text/plain")  # the server's 422 reason, and no stale answer
+    page.wait_for_selector("#error", state="visible")
+    assert "422" in page.text_content("#error") and "not an image Pillow can read" in page.text_content("#error")
+    assert page.locator("#output").is_hidden()

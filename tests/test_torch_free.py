@@ -1,12 +1,15 @@
 """The serving side stays light: every module of routelet.serving, the CLI and the LLM teacher
 imports with torch, sklearn and transformers blocked (what `pip install routelet` without the
-train extra gives a server)."""
+train extra gives a server); a text router loads and routes without importing Pillow."""
 
 from __future__ import annotations
 
 import pkgutil
 import subprocess
 import sys
+
+import pytest
+from routers import image_folder, tfidf_folder  # noqa: F401  (fixtures)
 
 import routelet.llm
 import routelet.serving
@@ -41,3 +44,17 @@ def test_the_blocker_blocks():
     done = subprocess.run([sys.executable, "-c", SCRIPT, "routelet.families.setfit"], capture_output=True,
                           text=True, timeout=120)
     assert done.returncode != 0 and "is blocked" in done.stderr
+
+
+@pytest.mark.parametrize("kind, sample, loads_pillow", [("tfidf", "what is my balance", False),
+                                                       ("image", b"not an image", True)])
+def test_pillow_loads_only_with_an_image_router(request, kind, sample, loads_pillow):
+    """A text router's process never imports Pillow or the image tiers; an image router's does."""
+    folder = request.getfixturevalue(f"{kind}_folder")
+    code = ("import sys\nfrom routelet.serving.runtime import Router\n"
+            f"Router.load({str(folder)!r}).route([{sample!r}])\n"
+            "print(sorted(m for m in sys.modules if m == 'PIL' or m.startswith('routelet.serving.image')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    expected = ["PIL", "routelet.serving.image_input", "routelet.serving.image_models"] if loads_pillow else []
+    assert done.stdout.strip() == repr(expected)

@@ -112,9 +112,14 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
                         "(read them back with `python -m stages.pull_samples`)")
     parser.add_argument("--log-endpoint-url", default=None,
                         help="S3-compatible endpoint for an s3:// --log-samples (R2, MinIO); default: AWS_ENDPOINT_URL or AWS")
-    parser.add_argument("--defer", choices=["teacher"], default=None,
-                        help="ask the LLM teacher (Claude: $ANTHROPIC_API_KEY, $ANTHROPIC_BASE_URL) about the texts "
-                        'the router abstains on; results then carry "deferred"')
+    parser.add_argument("--defer", choices=["teacher", "openai"], default=None,
+                        help="ask an LLM about the texts the router abstains on: teacher (Claude: $ANTHROPIC_API_KEY, "
+                        "$ANTHROPIC_BASE_URL) or openai (an OpenAI-compatible endpoint at --defer-base-url, "
+                        '$OPENAI_API_KEY if it wants one); results then carry "deferred"')
+    parser.add_argument("--defer-base-url", default=None, metavar="URL",
+                        help="the LLM endpoint's base URL (required for --defer openai, e.g. http://127.0.0.1:8080/v1)")
+    parser.add_argument("--defer-model", default="claude-haiku-4-5", metavar="NAME",
+                        help="the model asked (default: %(default)s)")
     parser.add_argument("--defer-timeout", type=positive_float, default=2.0, metavar="S",
                         help="seconds a request waits for the LLM before the reject route answers (default: %(default)s)")
     parser.add_argument("--defer-concurrency", type=positive_int, default=4, metavar="N",
@@ -125,10 +130,15 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     from routelet.serving.defer import DeferSettings
-    from routelet.serving.server import serve
+    from routelet.serving.server import ServeError, serve
 
-    defer = None if args.defer is None else DeferSettings(
-        timeout_s=args.defer_timeout, concurrency=args.defer_concurrency, per_minute=args.defer_per_minute)
+    try:
+        defer = None if args.defer is None else DeferSettings(
+            timeout_s=args.defer_timeout, concurrency=args.defer_concurrency, per_minute=args.defer_per_minute,
+            model=args.defer_model, provider="anthropic" if args.defer == "teacher" else "openai",
+            base_url=args.defer_base_url)
+    except ValueError as exc:
+        raise ServeError(str(exc)) from None
     serve(args.router, host=args.host, port=args.port, api_key=args.api_key, threads=args.threads,
           access_log=args.access_log, reload=args.reload, log_samples=args.log_samples,
           log_endpoint_url=args.log_endpoint_url, defer=defer)

@@ -1,6 +1,7 @@
 """Serve-time deferral: the texts a router abstains on are asked of an LLM (the teacher).
 
     routelet serve --router data/router --defer teacher --defer-timeout 2 --defer-concurrency 4
+    routelet serve --router data/router --defer openai --defer-base-url http://127.0.0.1:8080/v1 --defer-model M
     deferrer = Deferrer.teacher(DeferSettings(timeout_s=2.0))   # needs ANTHROPIC_API_KEY
     results = await deferrer.apply(texts, results, router.info)  # in create_app, after routing
 
@@ -37,8 +38,15 @@ class DeferSettings:
     concurrency: int = 4  # LLM calls in flight at most
     per_minute: int = 60  # LLM calls started in any 60 s at most
     model: str = "claude-haiku-4-5"
+    provider: str = "anthropic"  # or "openai": any OpenAI-compatible chat-completions endpoint at base_url
+    base_url: str | None = None  # anthropic: default $ANTHROPIC_BASE_URL or the API; openai: required
 
     def __post_init__(self):
+        if self.provider not in ("anthropic", "openai"):
+            raise ValueError(f"defer provider must be anthropic or openai, got {self.provider!r}")
+        if self.provider == "openai" and not self.base_url:
+            raise ValueError("--defer openai needs --defer-base-url, the endpoint's base URL "
+                             "(e.g. http://127.0.0.1:8080/v1 for vLLM or llama.cpp)")
         if not self.timeout_s > 0:
             raise ValueError(f"defer timeout must be a positive number of seconds, got {self.timeout_s!r}")
         for name in ("concurrency", "per_minute"):
@@ -86,16 +94,18 @@ class Deferrer:
     @classmethod
     def teacher(cls, settings: DeferSettings, api_key: str | None = None, base_url: str | None = None,
                 cache=None) -> Deferrer:
-        """The Claude teacher (ANTHROPIC_API_KEY / ANTHROPIC_BASE_URL unless given). Raises
-        ValueError naming the variable when there is no key."""
-        api_key = api_key or os.environ.get(KEY_VARIABLE)
-        if not api_key:
+        """The Claude teacher (ANTHROPIC_API_KEY / ANTHROPIC_BASE_URL unless given), or with
+        settings.provider "openai" the OpenAI-compatible endpoint at settings.base_url ($OPENAI_API_KEY
+        if it wants one). Raises ValueError naming the variable when Claude has no key."""
+        anthropic = settings.provider == "anthropic"
+        api_key = api_key or os.environ.get(KEY_VARIABLE if anthropic else "OPENAI_API_KEY")
+        if anthropic and not api_key:
             raise ValueError(f"--defer teacher needs an API key: set {KEY_VARIABLE} (and ANTHROPIC_BASE_URL "
                              "for a proxy or a compatible endpoint)")
         from routelet.llm.config import TeacherConfig
         from routelet.llm.teacher import make_teacher
 
-        base_url = base_url or os.environ.get("ANTHROPIC_BASE_URL") or None
+        base_url = base_url or settings.base_url or (os.environ.get("ANTHROPIC_BASE_URL") if anthropic else None) or None
         # No run budget (the per-minute window is the budget) and no retry: the deadline is short.
         config = TeacherConfig(model=settings.model, granularity="routes", timeout_s=settings.timeout_s,
                                max_attempts=1, max_calls=None, max_usd=None, max_consecutive_failures=1)
@@ -107,7 +117,8 @@ class Deferrer:
             with lock:  # one teacher per route set: a reload with new routes gets a new prompt
                 key = taxonomy.digest()
                 if key not in teachers:
-                    teachers[key] = make_teacher(taxonomy, config, cache=cache, base_url=base_url, api_key=api_key)
+                    teachers[key] = make_teacher(taxonomy, config, cache=cache, provider=settings.provider,
+                                                 base_url=base_url, api_key=api_key)
                 teacher = teachers[key]
             [result] = teacher.label([text], timeout_s=timeout_s)
             if result.status == "labeled":
