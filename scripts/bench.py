@@ -32,6 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from routelet.params import load_params
 from scripts.bench_measure import host_probe_ms, measure_in_subprocess
 from scripts.bench_plot import plot
 from scripts.bench_ratios import ratios
@@ -185,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="routelet-bench-") as tmp:
         scratch = Path(tmp)
         backends = Backends(router, Path(args.models), Path(args.prepared), json.loads(Path(args.calibration).read_text()),
-                            scratch, family=args.family, fast=args.fast, utterances_per_route=args.utterances)
+                            scratch, family=args.family, fast=args.fast, utterances_per_route=args.utterances,
+                            oos_tolerance=load_params()["export_onnx"].get("tier_oos_tolerance", 0.0))
         results["meta"] |= {"family": backends.family, "fast": backends.fast, "model_version": backends.info.model_version}
         specs = {}
         for backend in args.backends:

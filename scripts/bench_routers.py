@@ -44,11 +44,13 @@ class Backends:
     """Specs for the backends, each built (and exported into `scratch`) only when asked for."""
 
     def __init__(self, router: Path, models: Path, prepared: Path, calibration: dict, scratch: Path,
-                 family: str | None = None, fast: str = "tfidf", utterances_per_route: int = 200) -> None:
+                 family: str | None = None, fast: str = "tfidf", utterances_per_route: int = 200,
+                 oos_tolerance: float = 0.0) -> None:
         self.router, self.models, self.scratch = Path(router), Path(models), Path(scratch)
         self.prepared, self.calibration = load_prepared(prepared), calibration
         self.info = RouterInfo.read(self.router)
         self.family, self.fast, self.cap = family or self.info.family, fast, utterances_per_route
+        self.oos_tolerance = oos_tolerance
         for name in (self.family, self.fast):
             if not (self.models / name / "family.json").is_file() or name not in calibration:
                 raise SystemExit(f"{self.models / name}: no trained, calibrated family {name!r}; run `dvc repro` "
@@ -98,7 +100,7 @@ class Backends:
         for name, folder in ((self.fast, self.fast_only), (self.family, self.encoder_only)):
             shutil.copytree(folder, out / name)
         info, _ = assemble_tiers(out, [self.fast, self.family], self.prepared.texts("calib"),
-                                         self.prepared.route_ids("calib"))
+                                 self.prepared.route_ids("calib"), oos_tolerance=self.oos_tolerance)
         print(f"bench: tiered router assembled: {' then '.join(t.family for t in info.tiers)}, "
               f"accept {info.tiers[0].accept if len(info.tiers) > 1 else None}", flush=True)
         return out

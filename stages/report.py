@@ -6,7 +6,8 @@ the holdout each tier answered) and each of its tiers alone, as served from its 
     python -m stages.report
 
 Reads params `train` (the families), `report.*`, `promote.guards` (guard sets scored beside the holdout); data/prepared, data/models, data/router,
-report/calibration.json, report/export.json and report/baselines.json (cached LLM baselines).
+report/calibration.json, report/export.json and report/baselines.json (cached LLM baselines: their
+scores, and router + deferral to each LLM estimated from its per-row answers).
 Writes report/metrics.json (DVC metrics: quality only, so a commit diffed against itself shows
 nothing), report/timings.json (latency and size, which move with the host), report/details.json
 (per-route scores, confusion matrices, abstention comparison), plot data and PNG figures.
@@ -19,8 +20,8 @@ import json
 from routelet.data.dataset import load_prepared
 from routelet.data.rows import sha256_file
 from routelet.evaluation.plots import confusion_figure, scatter_figure
-from routelet.evaluation.report import evaluate, folder_megabytes, llm_baselines, single_query_latency
-from routelet.evaluation.served import guard_scores, measure_image_router, measure_routers
+from routelet.evaluation.report import evaluate, folder_megabytes, llm_answers, llm_baselines, single_query_latency
+from routelet.evaluation.served import guard_scores, measure_deferral, measure_image_router, measure_routers
 from routelet.families import MODELS, load_trained, trained_names
 from routelet.params import load_params, run
 from routelet.paths import BASELINES, CALIBRATION, DETAILS, EXPORT, FIGURES, METRICS, PLOTS, PREPARED, ROUTER, TIMINGS
@@ -53,6 +54,8 @@ def main() -> None:
         print(f"report: {name}: {metrics[name]} {timings[name]}")
 
     family = RouterInfo.read(ROUTER).family
+    holdout_sha256 = sha256_file(PREPARED / "test.jsonl")
+    baselines = llm_baselines(BASELINES, holdout_sha256)
     if prepared.modality == "image":
         guards = {}  # the guard sets are texts
         measure_image_router(texts, sample, (y, names, reject), calibration[family], metrics, timings, details)
@@ -60,8 +63,10 @@ def main() -> None:
         router = Router.load(ROUTER, threads=1)
         measure_routers(router, texts, sample, (y, names, reject), calibration, metrics, timings, details)
         guards = guard_scores(router, params["promote"]["guards"])
+        measure_deferral(router, texts, (y, names, reject), baselines, llm_answers(BASELINES, holdout_sha256),
+                         metrics, details)
     details["router"]["choice"] = shipped["choice"]
-    for model, scores in llm_baselines(BASELINES, sha256_file(PREPARED / "test.jsonl")).items():
+    for model, scores in baselines.items():
         metrics[f"llm:{model}"] = scores
 
     METRICS.write_text(json.dumps({"holdout": metrics, "guards": guards}, indent=2) + "\n")

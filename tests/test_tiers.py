@@ -24,10 +24,10 @@ def swap_weights(folder):
     np.savez(folder / "tfidf.npz", **arrays)
 
 
-def accept(confidence, decided, later, y, eligible=None):
+def accept(confidence, decided, later, y, eligible=None, reject=None):
     confidence = np.asarray(confidence, dtype=float)
     eligible = np.ones(len(confidence), bool) if eligible is None else np.asarray(eligible)
-    return choose_accept(confidence, eligible, np.asarray(decided), np.asarray(later), np.asarray(y))
+    return choose_accept(confidence, eligible, np.asarray(decided), np.asarray(later), np.asarray(y), reject)
 
 
 def test_the_lowest_threshold_as_accurate_as_the_later_tiers():
@@ -40,6 +40,33 @@ def test_the_lowest_threshold_as_accurate_as_the_later_tiers():
     # With the later tiers right at 0.7 too, only rows at 0.9 and above keep the fast tier as accurate.
     chosen = accept(confidence, [0, 1, 0, 0, 1], y, y)
     assert chosen["accept"] == 0.9 and chosen["answered_share"] == 0.6
+
+
+def test_out_of_scope_rows_are_judged_apart():
+    # Route 9 is the reject route. At 0.8 the fast tier has won one in-scope row the later tiers lose
+    # (5/5 against 4/5 overall: enough for a pooled rule), but routes the out-of-scope row at 0.85 in
+    # scope where the later tiers turn it away: only the rows above 0.85 keep out-of-scope recall.
+    confidence, y = [0.99, 0.95, 0.9, 0.85, 0.8, 0.7], [0, 1, 0, 9, 1, 1]
+    decided, later = [0, 1, 0, 1, 1, 0], [0, 1, 0, 9, 0, 1]
+    pooled = accept(confidence, decided, later, y)
+    assert pooled["accept"] == 0.8 and pooled["out_of_scope_rows_answered"] == 0  # no reject route known
+    chosen = accept(confidence, decided, later, y, reject=9)
+    assert chosen["accept"] == 0.9 and chosen["answered_rows"] == 3 and chosen["out_of_scope_rows_answered"] == 0
+    # An out-of-scope row the later tiers also route in scope costs nothing: it is taken.
+    chosen = accept(confidence, decided, [0, 1, 0, 2, 0, 1], y, reject=9)
+    assert chosen["accept"] == 0.7 and chosen["out_of_scope_rows_answered"] == 1
+
+
+def test_a_tolerance_lets_a_fast_tier_lose_that_much_out_of_scope_recall():
+    # Two out-of-scope rows (route 9); the fast tier loses the one at 0.85 that the later tiers turn away.
+    confidence, y = [0.99, 0.95, 0.9, 0.85, 0.8, 0.7], [0, 1, 0, 9, 1, 9]
+    decided, later = [0, 1, 0, 1, 1, 2], [0, 1, 0, 9, 1, 9]
+    assert accept(confidence, decided, later, y, reject=9)["accept"] == 0.9
+    # 0.5 of recall allows one of the two rows: down to 0.8; the second at 0.7 would be a second row lost.
+    chosen = choose_accept(np.array(confidence), np.ones(6, bool), np.array(decided), np.array(later), np.array(y), 9, 0.5)
+    assert chosen["accept"] == 0.8 and chosen["out_of_scope_rows_lost"] == 1
+    with pytest.raises(ValueError, match="tier_oos_tolerance"):
+        choose_accept(np.array(confidence), np.ones(6, bool), np.array(decided), np.array(later), np.array(y), 9, 1.5)
 
 
 def test_ties_are_accepted_together():

@@ -100,9 +100,25 @@ def llm_baselines(path: str | Path, holdout_sha256: str) -> dict[str, dict]:
     """LLM baseline scores cached in `path` for this exact holdout, by model name.
 
     The file reads {"holdout": {"sha256": <sha-256 of data/prepared/test.jsonl>, "models":
-    {name: {metric: value}}}}. A missing file, or one measured on another holdout, gives {}: a
-    baseline scored on different rows must not sit in the same table.
+    {name: {metric: value}}, "answers": {name: {row: route}}}}. A missing file, or one measured on
+    another holdout, gives {}: a baseline scored on different rows must not sit in the same table.
     """
+    return _baselines_entry(path, holdout_sha256).get("models", {})
+
+
+def llm_answers(path: str | Path, holdout_sha256: str) -> dict[str, dict[str, str | None]]:
+    """The per-row answers of each LLM baseline in `path` for this exact holdout (row index -> route)."""
+    answers = _baselines_entry(path, holdout_sha256).get("answers") or {}
+    well_formed = isinstance(answers, dict) and all(
+        isinstance(rows, dict) and all(row.isdigit() and (route is None or isinstance(route, str))
+                                       for row, route in rows.items()) for rows in answers.values())
+    if not well_formed:
+        raise ValueError(f"{path}: holdout.answers must map each model name to {{row index: route or null}}; "
+                         "run `routelet llm-baseline` again to rewrite it")
+    return answers
+
+
+def _baselines_entry(path: str | Path, holdout_sha256: str) -> dict:
     path = Path(path)
     if not path.is_file():
         return {}
@@ -114,4 +130,4 @@ def llm_baselines(path: str | Path, holdout_sha256: str) -> dict[str, dict]:
                          '{"holdout": {"sha256": ..., "models": {name: {metric: value}}}}') from None
     if not isinstance(models, dict) or not all(isinstance(m, dict) for m in models.values()):
         raise ValueError(f"{path}: holdout.models must map each model name to its metrics")
-    return models if digest == holdout_sha256 else {}
+    return entry if digest == holdout_sha256 else {}

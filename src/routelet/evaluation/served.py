@@ -1,10 +1,12 @@
 """The shipped router measured as it serves: through the torch-free runtime (each tier alone too,
-when it has several), an image router from its folder, and the guard sets beside their floors."""
+when it has several), an image router from its folder, the guard sets beside their floors, and the
+router with its abstentions deferred to an LLM baseline (estimated from the baseline's answers)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from routelet.evaluation.deferral import deferral_estimate
 from routelet.evaluation.report import evaluate, folder_megabytes, router_latency, single_query_latency
 from routelet.export.ship import image_router
 from routelet.paths import ROUTER
@@ -40,6 +42,25 @@ def measure_routers(router: Router, texts, sample, truth, calibration, metrics, 
         details[key] = result["detail"] | {"family": served.info.family, "tiers": served.tier_names}
         timings[key] = router_latency(served, sample) | {"size_mb": folder_megabytes(folder)}
         print(f"report: {key}: {metrics[key]} {timings[key]}")
+
+
+def measure_deferral(router: Router, texts, truth, baselines: dict[str, dict], answers: dict[str, dict],
+                     metrics, details) -> None:
+    """`router+llm:<model>` for each LLM baseline with per-row answers: the router answering, the LLM
+    the rows it abstains on (routelet.evaluation.deferral), beside the LLM alone on the same rows."""
+    if not answers:
+        return
+    y, names, reject = truth
+    results = router.route(texts, top_k=1)
+    for model, rows in answers.items():
+        estimate = deferral_estimate(results, [names[i] for i in y], None if reject is None else names[reject], rows,
+                                     baselines.get(model, {}).get("cost_per_1k_usd"))
+        if estimate is None:
+            continue
+        key = f"router+llm:{model}"
+        metrics[key] = {k: v for k, v in estimate.items() if not isinstance(v, dict)}
+        details[key] = estimate
+        print(f"report: {key}: {estimate}")
 
 
 def measure_image_router(paths, sample, truth, calibration: dict, metrics, timings, details) -> None:

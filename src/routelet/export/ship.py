@@ -150,7 +150,8 @@ def export_router(tiers: list[Trained], models: Path, calibration: dict, taxonom
         gates[trained.name] = export_checked(trained, models / trained.name, calibration[trained.name], taxonomy,
                                              options, out / trained.name, hashes, texts, config,
                                              references[trained.name])[1]
-    info, selection = assemble_tiers(out, [trained.name for trained in tiers], *calib)
+    info, selection = assemble_tiers(out, [trained.name for trained in tiers], *calib,
+                                     oos_tolerance=config.get("tier_oos_tolerance", 0.0))
     shipped, by = Router.load(out).decide(texts)
     gate = {"tiers": gates, "selection": selection,
             "tiered": tiered_parity(info, [references[tier.family] for tier in info.tiers], shipped, by)}
