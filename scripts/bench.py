@@ -13,7 +13,9 @@ CPU per call; batch throughput times calls of 64 texts. Each (backend, threads) 
 subprocess (scripts/bench_measure.py). HTTP serves the tiered router with `routelet serve --threads
 1` and loads it at each concurrency (scripts/loadgen.py). Speed targets are ratios inside this run
 (scripts/bench_ratios.py); the load average and a fixed-work host probe are recorded at the start
-and end beside them. Optional measurements by other modules join when they exist (HOOKS).
+and end beside them. Optional measurements by other modules join when they exist (HOOKS). The image
+routers (pixels, EfficientNet-Lite0 fp32 and int8) trained on data/screens are timed in the same run
+(scripts/bench_images.py, under `images`; skipped, saying why, without the dataset or the encoder).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import time
 from pathlib import Path
 
 from routelet.params import load_params
+from scripts import bench_images
 from scripts.bench_measure import host_probe_ms, measure_in_subprocess
 from scripts.bench_plot import plot
 from scripts.bench_ratios import ratios
@@ -85,6 +88,16 @@ def run_hooks(router: Path, texts: list[str], quick: bool) -> dict:
     return out
 
 
+def image_rows(screens: Path, scratch: Path, quick: bool) -> dict:
+    """scripts.bench_images.measure, or the error that stopped it (the text figures still count)."""
+    print(f"bench: image routers on {screens}", flush=True)
+    try:
+        return bench_images.measure(screens, scratch, quick)
+    except Exception as error:
+        print(f"bench: image routers failed: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+        return {"error": f"{type(error).__name__}: {error}"}
+
+
 def _versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -131,6 +144,14 @@ def print_table(results: dict) -> None:
     for backend, why in results["skipped"].items():
         print(f"  {backend:<24} skipped: {why}")
     print("sizes (MB):", ", ".join(f"{k} {v}" for k, v in results["size_mb"].items()))
+    images = results.get("images", {})
+    for name, r in images.get("routers", {}).items():
+        print(f"  image {name:<18} p50 {r['p50_ms_batch1']:.2f} ms at batch 1, {r['images_per_s_batch16']:,.1f} "
+              f"images/s at batch 16 (1 thread)")
+    for name, why in images.get("skipped", {}).items():
+        print(f"  image {name:<18} skipped: {why}")
+    if "error" in images:
+        print(f"  image routers failed: {images['error']}")
     print("ratios:")
     for t in results["ratios"].values():
         verdict = {True: "met   ", False: "MISSED", None: "n/a   "}[t["met"]]
@@ -162,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="HTTP load generator: wrk if on PATH, else a raw-asyncio one (default: %(default)s)")
     add("--no-http", action="store_true", help="skip the HTTP part")
     add("--no-hooks", action="store_true", help="skip the optional measurements of other modules (HOOKS)")
+    add("--screens", default="data/screens", help="image dataset the image routers are trained on and timed with "
+                                                   "(default: %(default)s)")
+    add("--no-images", action="store_true", help="skip the image routers")
     add("--quick", action="store_true", help="smoke run: small counts, same code paths; not for the report")
     return parser
 
@@ -206,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                warmup=min(200, counts["requests"]))}
         if not args.no_hooks:
             results["extra"] = run_hooks(Path(specs.get(served, {}).get("folder", router)), texts, args.quick)
+        if not args.no_images:
+            results["images"] = image_rows(Path(args.screens), scratch, args.quick)
     results["meta"] |= _host("end")
     results["ratios"] = ratios(results)
     out = Path(args.out)

@@ -3,7 +3,9 @@
     python -m scripts.bench_measure JOB.json RESULT.json     # what measure_in_subprocess runs
 
 A backend is a JSON-able spec, so a subprocess can build it after its thread settings are in place:
-  {"kind": "router", "folder"}                       runtime.Router.route (what a caller of the folder gets)
+  {"kind": "router", "folder"}                       runtime.Router.route (what a caller of the folder gets);
+                                                     with "inputs": "image files" the texts are image paths,
+                                                     each read to bytes before timing (an image router)
   {"kind": "torch", "name", "folder", "temperature"} the trained family's own model: Family.reference
                                                      (uncached; for SetFit its fine-tuned body) + softmax
   {"kind": "semantic-router", "encoder", "routes"}   aurelio-labs semantic-router: HuggingFaceEncoder on
@@ -149,28 +151,32 @@ def load_backend(spec: dict, threads: int) -> Callable[[list[str]], object]:
     return LOADERS[spec["kind"]](spec, threads)
 
 
-def measure(spec: dict, threads: int, texts: list[str], queries: int, warmup: int, batches: int) -> dict:
-    """Single-query latency and CPU, and batch-64 throughput (when batches > 0), of one backend here."""
+def measure(spec: dict, threads: int, texts: list[str], queries: int, warmup: int, batches: int,
+            batch: int = BATCH) -> dict:
+    """Single-query latency and CPU, and batch throughput (`batch` inputs a call, when batches > 0), of one
+    backend here."""
     start = time.perf_counter()
     predict = load_backend(spec, threads)
     loaded = time.perf_counter() - start
+    if spec.get("inputs") == "image files":  # decode, preprocess and model are timed; the disk is not
+        texts = [Path(path).read_bytes() for path in texts]
     samples, cpu_ms = time_single(predict, texts, queries, warmup)
     result = {"threads": threads, "load_s": round(loaded, 3), **percentiles(samples),
               "cpu_ms_per_query": round(cpu_ms, 4)}
     if result["mean_ms"]:
         result["routes_per_s"] = round(1e3 / result["mean_ms"], 1)  # one text per call, back to back
     if batches > 0:
-        result["batch64"] = time_batches(predict, texts, batches)
+        result[f"batch{batch}"] = time_batches(predict, texts, batches, batch)
     return {**result, **proc_memory_mb()}
 
 
 def measure_in_subprocess(spec: dict, threads: int, texts: list[str], queries: int, warmup: int, batches: int,
-                          scratch: Path) -> dict:
+                          scratch: Path, batch: int = BATCH) -> dict:
     """measure() in a fresh interpreter with OMP_WAIT_POLICY=PASSIVE and thread counts in the env."""
     job = scratch / f"job-{os.getpid()}-{time.monotonic_ns()}.json"
-    needed = warmup + queries + (batches + 1) * BATCH
+    needed = warmup + queries + (batches + 1) * batch
     job.write_text(json.dumps({"spec": spec, "threads": threads, "texts": texts[:needed], "queries": queries,
-                               "warmup": warmup, "batches": batches}))
+                               "warmup": warmup, "batches": batches, "batch": batch}))
     result_path = job.with_suffix(".out.json")
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": str(threads),
            "MKL_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
@@ -186,7 +192,8 @@ def main(argv: list[str]) -> int:
         print("usage: python -m scripts.bench_measure JOB.json RESULT.json (written by scripts.bench)", file=sys.stderr)
         return 2
     job = json.loads(Path(argv[0]).read_text())
-    result = measure(job["spec"], job["threads"], job["texts"], job["queries"], job["warmup"], job["batches"])
+    result = measure(job["spec"], job["threads"], job["texts"], job["queries"], job["warmup"], job["batches"],
+                     job["batch"])
     Path(argv[1]).write_text(json.dumps(result))
     return 0
 

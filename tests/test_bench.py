@@ -235,7 +235,8 @@ def test_quick_run_end_to_end(workspace, tmp_path):
     code = bench.main(["--router", str(workspace / "router"), "--models", str(workspace / "models"),
                        "--prepared", str(workspace / "prepared"), "--calibration", str(workspace / "calibration.json"),
                        "--out", str(out), "--figure", str(figure), "--quick", "--threads", "1",
-                       "--concurrency", "1", "32", "--requests", "100", "--loadgen", "asyncio", "--utterances", "5"])
+                       "--concurrency", "1", "32", "--requests", "100", "--loadgen", "asyncio", "--utterances", "5",
+                       "--screens", str(tmp_path / "no_screens")])
     assert code == 0 and figure.stat().st_size > 1000
     results = json.loads(out.read_text())
     measured = {r["backend"] for r in results["single_query"]}
@@ -247,3 +248,4 @@ def test_quick_run_end_to_end(workspace, tmp_path):
     assert results["ratios"]["http_c32_errors"]["value"] == 0
     assert results["meta"]["family"] == "setfit" and results["meta"]["host_probe_ms_end"] > 0
     assert "redaction" in results["extra"] and "heavy_batch_rss" in results["extra"]["serve_stress"]
+    assert "make screens" in results["images"]["skipped"]["all"]  # the image rows: tests/test_bench_images.py

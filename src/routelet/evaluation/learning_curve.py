@@ -33,13 +33,16 @@ def score(trained: Trained, prepared: Prepared) -> dict[str, float]:
 
 def learning_curve(make_family, prepared: Prepared, sizes: list[int | None], seed: int, name: str) -> list[dict]:
     """One point per size: `make_family()` builds an unfitted family and its label level."""
-    points = []
+    points, scores = [], {}
     for size in sizes:
         texts, labels = sample_per_label(prepared.inputs("train"), prepared.labels("train"), size, seed)
-        family, level = make_family()
-        trained = Trained(name, family.fit(texts, training_labels(labels, prepared.taxonomy, level)), level)
+        rows = tuple(texts)  # a size at or over every label's count picks the rows of `all`: fit them once
+        if rows not in scores:
+            family, level = make_family()
+            trained = Trained(name, family.fit(texts, training_labels(labels, prepared.taxonomy, level)), level)
+            scores[rows] = score(trained, prepared)
         per_label = size if size is not None else int(np.median(list(_counts(labels).values())))
-        points.append({"family": name, "per_label": per_label, "rows": len(texts), **score(trained, prepared)})
+        points.append({"family": name, "per_label": per_label, "rows": len(texts), **scores[rows]})
     return points
 
 
