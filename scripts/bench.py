@@ -169,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--family", help="the encoder family compared (default: the shipped router's last tier)")
     add("--fast", default="tfidf", help="the fast family of the tiered backend when the shipped router has one "
                                         "tier (default: %(default)s)")
+    add("--tier-oos-tolerance", type=float, default=None, metavar="R",
+        help="out-of-scope recall the tiered backend's fast tier may cost on the calibration split "
+        "(default: params export_onnx.tier_oos_tolerance)")
     add("--out", default="report/bench.json", help="results JSON (default: %(default)s)")
     add("--figure", default="report/figures/bench.png", help="figure (default: %(default)s)")
     add("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS), help="in-process backends (default: all)")
@@ -211,8 +214,10 @@ def main(argv: list[str] | None = None) -> int:
         scratch = Path(tmp)
         backends = Backends(router, Path(args.models), Path(args.prepared), json.loads(Path(args.calibration).read_text()),
                             scratch, family=args.family, fast=args.fast, utterances_per_route=args.utterances,
-                            oos_tolerance=load_params()["export_onnx"].get("tier_oos_tolerance", 0.0))
-        results["meta"] |= {"family": backends.family, "fast": backends.fast, "model_version": backends.info.model_version}
+                            oos_tolerance=args.tier_oos_tolerance if args.tier_oos_tolerance is not None
+                            else load_params()["export_onnx"].get("tier_oos_tolerance", 0.0))
+        results["meta"] |= {"family": backends.family, "fast": backends.fast, "model_version": backends.info.model_version,
+                            "tier_oos_tolerance": backends.oos_tolerance}
         specs = {}
         for backend in args.backends:
             if backend == "semantic-router" and (why := semantic_router_missing()):
@@ -225,7 +230,10 @@ def main(argv: list[str] | None = None) -> int:
         served = "tiered" if "tiered" in specs else next(iter(specs), None)
         if not args.no_http and served and specs[served]["kind"] == "router":
             print(f"bench: HTTP ({served}), {counts['requests']:,} requests per level", flush=True)
-            results["http"] = {"backend": served, **http_bench(specs[served]["folder"], texts, args.concurrency,
+            # The texts the in-process figures timed: a tiered router's CPU per text depends on which tier
+            # answers it, so server / in-process must compare the same mix.
+            timed = texts[counts["warmup"]:counts["warmup"] + counts["queries"]] or texts
+            results["http"] = {"backend": served, **http_bench(specs[served]["folder"], timed, args.concurrency,
                                                                counts["requests"], args.loadgen, scratch,
                                                                warmup=min(200, counts["requests"]))}
         if not args.no_hooks:
