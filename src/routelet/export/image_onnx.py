@@ -11,7 +11,9 @@ quantisation of the MatMul/Gemm weights of a ViT: DINOv2, CLIP, SigLIP) ships wh
 the fp32 encoder give the same top label on at least min_agreement (0.995) of the calibration
 images through this head; otherwise fp32 ships, and router.json's tier `quantization` says which,
 with the agreement measured. The fp32 graph itself must match torch (embeddings within 1e-3
-relative), or the export fails: that is an export bug, not a precision trade-off.
+relative), or the export fails: that is an export bug, not a precision trade-off. A pass is
+recorded beside the cached graph (fp32-checked.json: the graph's sha256 and the versions of the
+model code and ONNX Runtime), so an unchanged graph is checked once, not on every export.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import json
 import os
 import shutil
 import warnings
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +38,8 @@ from routelet.serving.onnx_model import _session
 OPSET = 17
 MIN_AGREEMENT = 0.995
 HEAD_FILE = "head.npz"
+CHECKED = "fp32-checked.json"
+MODEL_CODE = {"efficientnet": "efficientnet-lite-pytorch"}  # the package that builds the torch module; else transformers
 CALIBRATION_IMAGES = 200  # calibration images the int8 decision looks at: enough to see 1 in 200
 # Encoders whose weights sit in convolutions, not MatMuls: dynamic int8 has nothing worth doing.
 CONVNETS = {"efficientnet": "a convnet: dynamic int8 would quantise its convolutions, measured on data/screens at "
@@ -54,7 +59,7 @@ def export_image_tier(encoder: ImageEncoder, head: LinearHead, temperature: floa
     out.mkdir(parents=True, exist_ok=True)
     images = [as_image(x) for x in options.calibration[:CALIBRATION_IMAGES]]
     fp32 = cached_encoder(encoder, int8=False)
-    check_fp32(encoder, fp32, images)
+    checked_fp32(encoder, fp32, images)
     quantization = {"int8": "fp32", "agreement": None, "checked_on": 0}
     chosen = fp32
     if options.int8 != "fp32" and encoder.arch in CONVNETS:
@@ -127,6 +132,27 @@ def check_fp32(encoder: ImageEncoder, path: Path, images: list) -> None:
     if not error < 1e-3:
         raise RuntimeError(f"{path}: the ONNX encoder differs from torch by {error:.2e} (relative): an export bug; "
                            "delete the folder to rebuild it, and report it with the encoder's name")
+
+
+def checked_fp32(encoder: ImageEncoder, path: Path, images: list) -> None:
+    """check_fp32, skipped when this very graph passed it with the same code on both sides: the
+    skip never builds the torch model."""
+    record, expected = path.parent / CHECKED, check_record(encoder, path)
+    if record.is_file() and record.read_text() == expected:
+        return
+    check_fp32(encoder, path, images)
+    record.write_text(expected)
+
+
+def check_record(encoder: ImageEncoder, path: Path) -> str:
+    """What a passed check holds for: the graph's bytes (its folder's key already names the weights,
+    pooling, recipe, opset and torch), the code that builds the torch module, and ONNX Runtime."""
+    import onnxruntime
+
+    code = MODEL_CODE.get(encoder.arch, "transformers")
+    return json.dumps({"graph_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                       "model_code": f"{code} {version(code)}", "onnxruntime": onnxruntime.__version__},
+                      sort_keys=True) + "\n"
 
 
 def top_label_agreement(fp32: Path, int8: Path, head: LinearHead, images: list, encoder: ImageEncoder) -> float:

