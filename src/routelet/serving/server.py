@@ -37,10 +37,8 @@ import signal
 import string
 import sys
 import threading
-from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
 
 import anyio.to_thread
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -48,14 +46,13 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError,
-                      model_validator)
+from pydantic import ValidationError
 
+from routelet.serving.api import Limits, RouteResult, RouteResults, request_model, validation_reasons
 from routelet.serving.batcher import MicroBatcher
 from routelet.serving.defer import Deferrer, DeferSettings
-from routelet.serving.http_guard import API_KEY_HEADER, Guard, deadline_protocol, error_response, is_json
-from routelet.serving.image_request import (SEND_IMAGES, SEND_TEXT, decode, form_schema, image_request_model,
-                                            read_form)
+from routelet.serving.http_guard import API_KEY_HEADER, Direct, Guard, deadline_protocol, error_response, is_json
+from routelet.serving.image_request import decode, form_schema, image_request_model, read_form
 from routelet.serving.reload import RouterHolder
 from routelet.serving.runtime import Router
 from routelet.serving.sample_log import SampleLog, sample_record
@@ -68,33 +65,6 @@ class ServeError(RuntimeError):
     """A server configuration that must not start (e.g. public host without an API key)."""
 
 
-@dataclass(frozen=True)
-class Limits:
-    """Request limits (anything above them is refused before inference) and the batching and
-    deadline settings that keep one client from holding up the others."""
-
-    max_body_bytes: int = 256 * 1024
-    max_batch: int = 256
-    max_text_chars: int = 2000
-    max_total_chars: int = 64_000  # all texts of one request together
-    max_top_k: int = 100
-    batch_texts: int = 8  # texts per inference call, taken fairly from the waiting requests (2 per turn)
-    header_timeout_s: float = 10.0  # from connecting (or a request's first byte) to the end of its head
-    body_timeout_s: float = 10.0  # from the end of the head to the end of the body
-    # An image router's requests (multipart or base64 JSON): each image is decoded whole before routing.
-    max_images: int = 16
-    max_image_bytes: int = 10 * 1024 * 1024  # one image file (router.json input.max_bytes may be lower)
-    max_image_body_bytes: int = 32 * 1024 * 1024  # the whole body, in place of max_body_bytes (base64 adds 1/3)
-
-    def __post_init__(self):
-        for spec in fields(self):
-            value = getattr(self, spec.name)
-            integer = spec.type in (int, "int")
-            if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)) or value <= 0:
-                kind = "a positive integer" if integer else "a positive number of seconds"
-                raise ValueError(f"Limits.{spec.name} must be {kind}, got {value!r}")
-
-
 def check_api_key(api_key: str | None) -> None:
     """Refuse a key someone could guess or that a header cannot carry (ServeError)."""
     if api_key is None:
@@ -105,108 +75,6 @@ def check_api_key(api_key: str | None) -> None:
     if not set(api_key) <= _KEY_CHARACTERS:
         raise ServeError("the API key may hold only ASCII letters, digits and punctuation (no spaces), "
                          "so that an X-API-Key header can carry it")
-
-
-# --------------------------------------------------------------------------------------------
-# request and response models
-
-
-class TopRoute(BaseModel):
-    route: str
-    target: str | None
-    p: float
-
-
-class RouteResult(BaseModel):
-    route: str | None = Field(description="chosen route; the reject route (or null) when abstaining")
-    target: str | None
-    p: float | None = Field(description="probability of `route` (the reject route's own when abstaining)")
-    confidence: float = Field(description="probability of the most likely route")
-    abstain: bool
-    abstain_reason: str | None = Field(
-        description='why it abstains: "no readable content", "no known tokens", "reject route" or '
-        '"low confidence"; null when it does not')
-    top_k: list[TopRoute]
-    tier: str = Field(description="the tier (model family) that answered")
-    model_version: str
-    deferred: bool | None = Field(None, description="with deferral on: true when the LLM chose `route`")
-    deferred_reason: str | None = Field(
-        None, description="why an abstention deferred to the LLM fell back to the router's answer "
-        "(timeout, budget, concurrency, the API's error)")
-
-
-class RouteResults(BaseModel):
-    results: list[RouteResult]
-
-
-def request_model(limits: Limits) -> type[BaseModel]:
-    """The POST /v1/route body, with this app's limits built into its validators."""
-
-    def check_text(text: str) -> str:
-        if not text.strip():
-            raise ValueError("text is empty")
-        if len(text) > limits.max_text_chars:
-            raise ValueError(f"text is {len(text):,} characters; the limit is {limits.max_text_chars:,}")
-        return text
-
-    def check_batch(texts: Any) -> Any:
-        if isinstance(texts, list) and len(texts) > limits.max_batch:
-            raise ValueError(f"batch has {len(texts):,} texts; the limit is {limits.max_batch:,}: "
-                             "split it into several requests")
-        return texts
-
-    def check_total(texts: list[str] | None) -> list[str] | None:
-        total = sum(map(len, texts or ()))
-        if total > limits.max_total_chars:
-            raise ValueError(f"the texts total {total:,} characters; the limit is {limits.max_total_chars:,}: "
-                             "split them into several requests")
-        return texts
-
-    Text = Annotated[str, AfterValidator(check_text)]
-
-    class RouteRequest(BaseModel):
-        """Send exactly one of `text` (one result back) or `texts` (`{"results": [...]}` back)."""
-
-        model_config = ConfigDict(strict=True, extra="forbid")
-        text: Text | None = Field(None, description=f"one text, at most {limits.max_text_chars} characters")
-        texts: Annotated[list[Text], BeforeValidator(check_batch), AfterValidator(check_total)] | None = Field(
-            None, description=f"a batch of at most {limits.max_batch} texts, {limits.max_total_chars} "
-            "characters in all")
-        top_k: int = Field(3, ge=1, le=limits.max_top_k, description="how many top routes to list")
-
-        @model_validator(mode="after")
-        def one_of_text_or_texts(self):
-            if (self.text is None) == (self.texts is None):
-                raise ValueError('send exactly one of "text" (a string) or "texts" (a list of strings)')
-            return self
-
-    return RouteRequest
-
-
-def _field(loc: tuple) -> str:
-    """('texts', 3) -> 'texts[3]'; () -> 'body'."""
-    name = ""
-    for part in loc:
-        name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))
-    return name or "body"
-
-
-def _validation_reasons(error: ValidationError, model: type[BaseModel]) -> list[dict]:
-    reasons = []
-    for e in error.errors(include_url=False):
-        if e["type"] == "json_invalid":
-            reasons.append({"field": "body", "reason": f"malformed JSON ({e['msg']})"})
-            continue
-        message = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            *names, last = model.model_fields
-            # A text field sent to an image router, or an image field to a text router: say what it expects.
-            message = _OTHER_MODALITY.get(e["loc"][0], f"unexpected field; the body takes {', '.join(names)} and {last}")
-        reasons.append({"field": _field(e["loc"]), "reason": message})
-    return reasons
-
-
-_OTHER_MODALITY = {"text": SEND_IMAGES, "texts": SEND_IMAGES, "image": SEND_TEXT, "images": SEND_TEXT}
 
 
 # --------------------------------------------------------------------------------------------
@@ -307,7 +175,7 @@ def create_app(router: Router | RouterHolder, api_key: str | None = None, limits
         try:
             body = RouteRequest.model_validate_json(await request.body())
         except ValidationError as exc:
-            return error_response(422, _validation_reasons(exc, RouteRequest))
+            return error_response(422, validation_reasons(exc, RouteRequest))
         texts = [body.text] if body.texts is None else body.texts
         routed = await batcher.route(texts, body.top_k, inline=len(texts) == 1)
         results = routed.results if deferrer is None else await deferrer.apply(texts, routed.results, router.info)
@@ -331,13 +199,13 @@ def create_app(router: Router | RouterHolder, api_key: str | None = None, limits
             try:
                 body = ImageRouteRequest.model_validate_json(await request.body())
             except ValidationError as exc:
-                return error_response(422, _validation_reasons(exc, ImageRouteRequest))
+                return error_response(422, validation_reasons(exc, ImageRouteRequest))
             items = body.items()
         else:  # multipart/form-data: the guard lets no other type through to an image router
             items = await read_form(request, limits.max_images, limits.max_top_k)
             if isinstance(items, list):
                 return error_response(422, items)
-        spec = router.info.input
+        spec = current().info.input
         images, status, reasons = await anyio.to_thread.run_sync(decode, items.items, spec,
                                                                  min(limits.max_image_bytes, spec.max_bytes))
         if reasons:
@@ -351,24 +219,6 @@ def create_app(router: Router | RouterHolder, api_key: str | None = None, limits
                        body_timeout_s=limits.body_timeout_s, image_body_bytes=limits.max_image_body_bytes,
                        routes_images=routes_images)
     return app
-
-
-class Direct:
-    """ASGI middleware: a JSON POST to `path` straight to its handler, past FastAPI's routing, its
-    middleware and dependency machinery (py-spy at concurrency 1: about 0.1-0.15 ms CPU a request);
-    the route stays registered with FastAPI for the OpenAPI schema and /docs, and takes the rest
-    (multipart uploads keep FastAPI's form handling). Only inside Guard, which has already checked the
-    API key (the route's dependency repeats that check), the Content-Type and the body."""
-
-    def __init__(self, app, path: str, handler):
-        self.app, self.path, self.handler = app, path, handler
-
-    async def __call__(self, scope, receive, send):
-        if (scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == self.path
-                and is_json(next((v for k, v in scope["headers"] if k == b"content-type"), None))):
-            response = await self.handler(Request(scope, receive))
-            return await response(scope, receive, send)
-        await self.app(scope, receive, send)
 
 
 def is_loopback(host: str) -> bool:
