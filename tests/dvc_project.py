@@ -1,7 +1,9 @@
-"""A tiny git + DVC project with a real three-stage pipeline, for the remote and pr-report tests.
+"""A tiny git + DVC project with a real three-stage pipeline, for the remote and pr-report tests, and
+routelet's own pipeline on a tiny dataset, for the end-to-end tests.
 
     from dvc_project import make_project, run, commit
     repo = make_project(tmp_path / "repo", shards=20)   # git init, dvc init, dvc repro, one commit
+    params = routelet_workspace(work, 25, 10, {"wire money": "transfer"})   # then adjust, write_params
 
 prepare writes a folder of shards, train a model folder, evaluate the metrics, a plot, a PNG figure
 and a cached details file. The stages are a few lines of stdlib Python each, so `dvc repro` takes
@@ -10,13 +12,18 @@ seconds, not the minutes the routelet pipeline needs.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import yaml
+from routers import ROUTES, synthetic_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
 
 GIT_IDENTITY = {f"GIT_{who}_{what}": value for who in ("AUTHOR", "COMMITTER")
                 for what, value in (("NAME", "routelet tests"), ("EMAIL", "tests@routelet.invalid"))}
@@ -115,3 +122,47 @@ def make_project(repo: Path, shards: int = 8, shard_kib: int = 4, steps: int = 5
     run(["dvc", "repro", "-q"], repo)
     commit(repo, "pipeline")
     return repo
+
+
+def write_jsonl(path: Path, texts, labels) -> None:
+    path.write_text("".join(json.dumps({"text": t, "label": l}) + "\n" for t, l in zip(texts, labels)))
+
+
+def copy_pipeline(work: Path, *folders: str) -> None:
+    """routelet's dvc.yaml, params.yaml, stages/ and src/ (and `folders`) into `work`."""
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(ROOT / name, work / name)
+    (work / "report").mkdir()
+    shutil.copy(ROOT / "report" / "baselines.json", work / "report")  # scored on another holdout: ignored
+    for folder in ("stages", "src", *folders):
+        shutil.copytree(ROOT / folder, work / folder, ignore=shutil.ignore_patterns("__pycache__"))
+
+
+def routelet_workspace(work: Path, train_per_label: int, holdout_per_label: int, guard: dict[str, str]) -> dict:
+    """routelet's own pipeline (dvc.yaml, params.yaml, stages/, src/) copied into `work`, with a tiny
+    keyword dataset in data/tiny (its test.jsonl links to evals/holdout.jsonl) and the guard set
+    evals/guard_short.jsonl (`guard`: text -> label). Returns params.yaml pointed at the dataset, for
+    the caller to adjust and write back with write_params."""
+    copy_pipeline(work)
+    data = work / "data" / "tiny"
+    data.mkdir(parents=True)
+    write_jsonl(data / "train.jsonl", *synthetic_dataset(n_per_label=train_per_label, seed=0))
+    (work / "evals").mkdir()
+    write_jsonl(work / "evals" / "holdout.jsonl", *synthetic_dataset(n_per_label=holdout_per_label, seed=1))
+    write_jsonl(work / "evals" / "guard_short.jsonl", list(guard), list(guard.values()))
+    (data / "test.jsonl").symlink_to(Path("..", "..", "evals", "holdout.jsonl"))
+    (data / "taxonomy.yaml").write_text(yaml.safe_dump({"reject": "oos", "routes": ROUTES}))
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["data"]["dir"] = "data/tiny"
+    params["promote"]["guards"] = {"evals/guard_short.jsonl": 0.5}
+    params["report"]["latency_queries"] = 20
+    return params
+
+
+def write_params(work: Path, params: dict) -> None:
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def stages_run(stdout: str) -> set[str]:
+    """The stages a `dvc repro` or `dvc exp run` printed as run."""
+    return {line.split("'")[1] for line in stdout.splitlines() if line.startswith("Running stage")}

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import copy
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from screens_data import screens  # noqa: F401  (fixture)
 
 from routelet.params import load_params
 from routelet.serving.runtime import Router
@@ -21,14 +20,6 @@ from scripts import bench_images
 
 ROOT = Path(__file__).resolve().parents[1]
 FP32, INT8 = f"{bench_images.ENCODER}-fp32", f"{bench_images.ENCODER}-int8"
-
-
-@pytest.fixture(scope="module")
-def screens(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("screens") / "screens"
-    subprocess.run([sys.executable, "-m", "scripts.make_screens", "--out", str(out), "--per-label", "8"],
-                   cwd=ROOT, check=True, capture_output=True)
-    return out
 
 
 def params_without_encoder() -> dict:

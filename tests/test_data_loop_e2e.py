@@ -7,21 +7,18 @@ from __future__ import annotations
 
 import gzip
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import yaml
-from dvc_project import env, run
+from dvc_project import env, routelet_workspace, run, stages_run, write_params
 from fake_anthropic import FakeAnthropic
 from s3_server import CREDENTIALS, s3_server  # noqa: F401  (fixture)
 
-from routers import ROUTES, synthetic_dataset
 from routelet.serving.sample_log import sample_record
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
 ALWAYS = {"pull_samples", "ingest"}  # always_changed: DVC runs them on every repro
 AFTER_INGEST = {"augment", "checkdata", "train@tfidf", "calibrate", "learning_curve", "export_onnx", "report"}
 OFF_TAXONOMY = "zebra"  # the stand-in answers a label outside the taxonomy for texts with this word
@@ -41,38 +38,16 @@ def jsonl(records) -> bytes:
     return b"".join(json.dumps(record).encode() + b"\n" for record in records)
 
 
-def write_jsonl(path: Path, texts, labels) -> None:
-    path.write_text("".join(json.dumps({"text": t, "label": l}) + "\n" for t, l in zip(texts, labels)))
-
-
 def make_workspace(work: Path, bucket_url: str, endpoint: str, teacher_url: str) -> None:
     """The pipeline files, a tiny keyword dataset and cheap params: TF-IDF is the only family."""
-    for name in ("dvc.yaml", "params.yaml"):
-        shutil.copy(ROOT / name, work / name)
-    (work / "report").mkdir()
-    shutil.copy(ROOT / "report" / "baselines.json", work / "report")
-    for folder in ("stages", "src"):
-        shutil.copytree(ROOT / folder, work / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    data = work / "data" / "tiny"
-    data.mkdir(parents=True)
-    write_jsonl(data / "train.jsonl", *synthetic_dataset(n_per_label=20, seed=0))
-    (work / "evals").mkdir()
-    write_jsonl(work / "evals" / "holdout.jsonl", *synthetic_dataset(n_per_label=8, seed=1))
-    write_jsonl(work / "evals" / "guard_short.jsonl", ["wire money", "boarding now"], ["transfer", "flight"])
-    (data / "test.jsonl").symlink_to(Path("..", "..", "evals", "holdout.jsonl"))
-    (data / "taxonomy.yaml").write_text(yaml.safe_dump({"reject": "oos", "routes": ROUTES}))
-
-    params = yaml.safe_load((work / "params.yaml").read_text())
+    params = routelet_workspace(work, 20, 8, {"wire money": "transfer", "boarding now": "flight"})
     params["pull_samples"] |= {"source": bucket_url, "endpoint_url": endpoint, "region": "us-east-1", "workers": 2}
     params["ingest"]["base_url"] = teacher_url
     params["ingest"]["teacher"] |= {"model": "claude-test", "timeout_s": 10.0, "backoff_s": 0.01}
-    params["data"]["dir"] = "data/tiny"
     params["train"] = {"tfidf": params["train"]["tfidf"]}
     params["learning_curve"] = {"families": ["tfidf"], "per_label": [8, "all"]}
     params["export_onnx"]["ship"] = "tfidf"
-    params["promote"]["guards"] = {"evals/guard_short.jsonl": 0.5}
-    params["report"]["latency_queries"] = 20
-    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_params(work, params)
     run(["git", "init", "-q"], work)
     run(["dvc", "init", "-q"], work)
 
@@ -82,8 +57,7 @@ def repro(work: Path) -> tuple[set[str], str]:
     environ = env(**CREDENTIALS, ANTHROPIC_API_KEY="test-key", PYTHONPATH=str(work / "src"),
                   ROUTELET_CACHE=str(work / ".cache"), OMP_WAIT_POLICY="PASSIVE")
     result = run(["dvc", "repro"], work, environ=environ, timeout=600)
-    ran = {line.split("'")[1] for line in result.stdout.splitlines() if line.startswith("Running stage")}
-    return ran, result.stdout + result.stderr
+    return stages_run(result.stdout), result.stdout + result.stderr
 
 
 def snapshot(work: Path) -> dict[str, bytes]:

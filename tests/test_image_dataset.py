@@ -9,26 +9,16 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
+from screens_data import screens  # noqa: F401  (fixture)
 
 from routelet.data.checks import DataParams, check_dataset
 from routelet.data.dataset import load_dataset, load_prepared, write_prepared
 from routelet.families import load_trained, save_skipped, trained_names
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def screens(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("screens") / "screens"
-    subprocess.run([sys.executable, "-m", "scripts.make_screens", "--out", str(out), "--per-label", "8"],
-                   cwd=ROOT, check=True, capture_output=True)
-    return out
 
 
 @pytest.fixture

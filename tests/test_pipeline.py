@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from routers import ROUTES, synthetic_dataset
+from dvc_project import copy_pipeline, routelet_workspace, stages_run, write_params
 from tiny_encoder import build_tiny_encoder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,7 +26,7 @@ ALWAYS = {"pull_samples", "ingest"}  # always_changed: they run on every repro a
 
 def ran_stages(stdout: str) -> set[str]:
     """The stages a dvc command ran, less the always-changed ones."""
-    return {line.split("'")[1] for line in stdout.splitlines() if line.startswith("Running stage")} - ALWAYS
+    return stages_run(stdout) - ALWAYS
 
 
 TOY_FAMILY = '''"""A toy family, added the way the README says: this module, ending in its registry line."""
@@ -83,42 +82,20 @@ def run(args, cwd, check=True):
     return result
 
 
-def write_jsonl(path, texts, labels):
-    path.write_text("".join(json.dumps({"text": t, "label": l}) + "\n" for t, l in zip(texts, labels)))
-
-
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """The repository's pipeline files and a tiny dataset, git and DVC initialised."""
     work = tmp_path_factory.mktemp("repo")
-    for name in ("dvc.yaml", "params.yaml"):
-        shutil.copy(ROOT / name, work / name)
-    (work / "report").mkdir()
-    shutil.copy(ROOT / "report" / "baselines.json", work / "report")  # scored on another holdout: ignored
-    for folder in ("stages", "src"):
-        shutil.copytree(ROOT / folder, work / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    data = work / "data" / "tiny"
-    data.mkdir(parents=True)
-    write_jsonl(data / "train.jsonl", *synthetic_dataset(n_per_label=25, seed=0))
-    (work / "evals").mkdir()
-    write_jsonl(work / "evals" / "holdout.jsonl", *synthetic_dataset(n_per_label=10, seed=1))
-    write_jsonl(work / "evals" / "guard_short.jsonl", ["wire money", "my funds", "boarding now", "tell a joke"],
-                ["transfer", "balance", "flight", "oos"])
-    (data / "test.jsonl").symlink_to(Path("..", "..", "evals", "holdout.jsonl"))
-    (data / "taxonomy.yaml").write_text(yaml.safe_dump({"reject": "oos", "routes": ROUTES}))
-
-    params = yaml.safe_load((work / "params.yaml").read_text())
-    params["data"]["dir"] = "data/tiny"
+    params = routelet_workspace(work, 25, 10, {"wire money": "transfer", "my funds": "balance",
+                                               "boarding now": "flight", "tell a joke": "oos"})
     params["model"] = "tiny"
     # Two encoders to switch between with -S model=...: a tiny BERT, and its first layer alone.
     tiny = str(build_tiny_encoder(work / ".enc" / "tiny"))
     params["encoders"]["tiny"] = {"modality": "text", "source": tiny, "max_length": 32}
     params["encoders"]["tiny2"] = {**params["encoders"]["tiny"], "layers": 1}
-    params["report"]["latency_queries"] = 20
     params["train"]["setfit"] |= {"max_steps": 4, "batch_size": 4, "max_seq_length": 16, "embed_batch_size": 16}
-    params["promote"]["guards"] = {"evals/guard_short.jsonl": 0.5}
     params["export_onnx"]["ship"] = "setfit"  # the int8 ONNX path end to end (auto is tested in test_ship.py)
-    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_params(work, params)
     run(["git", "init", "-q"], work)
     run(["dvc", "init", "-q"], work)
     return work
@@ -228,12 +205,7 @@ def image_workspace(tmp_path_factory):
     from tiny_vision import build_tiny_vision
 
     work = tmp_path_factory.mktemp("image_repo")
-    for name in ("dvc.yaml", "params.yaml"):
-        shutil.copy(ROOT / name, work / name)
-    (work / "report").mkdir()
-    shutil.copy(ROOT / "report" / "baselines.json", work / "report")
-    for folder in ("stages", "src", "evals"):
-        shutil.copytree(ROOT / folder, work / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    copy_pipeline(work, "evals")
     screens = work / "data" / "screens"
     subprocess.run([sys.executable, "-m", "scripts.make_screens", "--out", str(screens), "--per-label", "12"],
                    cwd=ROOT, check=True, capture_output=True)
@@ -242,7 +214,7 @@ def image_workspace(tmp_path_factory):
     params["model"] = "tiny-dinov2"
     params["encoders"]["tiny-dinov2"] = {"modality": "image", "source": str(build_tiny_vision(work / ".enc", "dinov2"))}
     params["report"]["latency_queries"] = 10
-    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_params(work, params)
     run(["git", "init", "-q"], work)
     run(["dvc", "init", "-q"], work)
     return work

@@ -9,21 +9,7 @@ rows, with the cost per 1,000 requests: the LLM is paid only for the deferred sh
 
 from __future__ import annotations
 
-import numpy as np
-
-
-def route_scores(predicted: list[str | None], truth: list[str], reject: str | None) -> dict[str, float]:
-    """Accuracy, and with a reject route in-scope accuracy and out-of-scope recall (None: wrong)."""
-    predicted_, truth_ = np.array(predicted, dtype=object), np.array(truth, dtype=object)
-    correct = predicted_ == truth_
-    scores = {"accuracy": round(float(correct.mean()), 4)}
-    if reject is not None:
-        in_scope = truth_ != reject
-        if in_scope.any():
-            scores["in_scope_accuracy"] = round(float(correct[in_scope].mean()), 4)
-        if (~in_scope).any():
-            scores["oos_recall"] = round(float(correct[~in_scope].mean()), 4)
-    return scores
+from routelet.evaluation.scores import route_scores
 
 
 def deferral_estimate(results: list[dict], truth: list[str], reject: str | None, answers: dict[str, str | None],

@@ -14,5 +14,5 @@ Modules: config (settings, prices, budget), prompt (taxonomy prompt, answer pars
 subcommand). Nothing is imported here, so `import routelet.llm.command` stays cheap for the CLI.
 Torch-free on purpose (the server imports it to defer abstentions): only anthropic, httpx, numpy,
 pydantic, Pillow, the standard library and routelet.serving / routelet.data.taxonomy (the baseline
-reads image holdouts with routelet.data).
+reads image holdouts with routelet.data and scores with routelet.evaluation.scores, numpy only).
 """

@@ -42,6 +42,7 @@ import numpy as np
 
 from routelet.data.rows import shown
 from routelet.data.taxonomy import Taxonomy
+from routelet.evaluation.scores import route_scores
 from routelet.llm.image import ImageRequest
 from routelet.llm.result import Result
 from routelet.llm.teacher import Teacher
@@ -187,15 +188,8 @@ def score(teacher: Teacher, truth: list[str], results: list[Result], answers: li
     correct = predicted == y
     reject = teacher.taxonomy.reject
     metrics: dict[str, Any] = {"n": len(done), "pending": len(results) - len(done)}
-    if done:
-        metrics["accuracy"] = round(float(correct.mean()), 4)
-        if reject is not None:
-            in_scope = y != reject
-            if in_scope.any():
-                metrics["in_scope_accuracy"] = round(float(correct[in_scope].mean()), 4)
-            if (~in_scope).any():  # abstaining = answering the reject route
-                metrics["oos_recall"] = round(float((predicted[~in_scope] == reject).mean()), 4)
-        metrics |= _costs(teacher, [results[i] for i in done])
+    if done:  # abstaining = answering the reject route
+        metrics |= route_scores(list(predicted), list(y), reject) | _costs(teacher, [results[i] for i in done])
     reviews = Counter(results[i].reason.split(":")[0] for i in done if results[i].status == "review")
     metrics["malformed"] = sum(reviews.values())
     recall = {route: round(float(correct[y == route].mean()), 4) for route in teacher.taxonomy.route_names
