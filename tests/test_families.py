@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import ast
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from routelet.data.taxonomy import Taxonomy
-from routelet.families import Trained, registered, build_family, load_trained, save_trained, training_labels
+from routelet.families import (Trained, build_family, family_class, family_modality, load_trained, registered,
+                               save_trained, training_labels)
 from routelet.families.base import ExportOptions, Family
 from routelet.families.centroid import CentroidFamily
 from routelet.families.encoders import EncoderSpec
@@ -48,6 +52,20 @@ IMAGE_FAMILIES = {"pixels", "image_embed"}  # tested in test_pixels.py and test_
 
 def test_every_registered_family_is_tested():
     assert set(registered()) == set(SETTINGS) | IMAGE_FAMILIES
+
+
+def test_family_modality_is_read_without_importing_the_family():
+    """train@<name> skips a family of the other modality before its module (SetFit: torch) loads."""
+    code = ("import sys; from routelet.families import family_modality, registered; "
+            "print({kind: family_modality(kind) for kind in registered()}); "
+            "print(sorted(m for m in sys.modules if m.startswith('routelet.families.') or m == 'torch'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    modalities = ast.literal_eval(out[0])
+    assert modalities == {kind: family_class(kind).modality for kind in registered()}
+    assert {kind for kind, modality in modalities.items() if modality == "image"} == IMAGE_FAMILIES
+    assert ast.literal_eval(out[1]) == ["routelet.families.base"]
+    with pytest.raises(ConfigError, match="not registered"):
+        family_modality("nope")
 
 
 @pytest.mark.parametrize("name", sorted(SETTINGS))

@@ -1,7 +1,7 @@
 """Image rows and images: every bad line or file is rejected with file, line and reason; decoding
 guards (empty, oversized, non-image, truncated, unsupported mode, decompression bomb); the
-perceptual hash and the leakage check; prepared content-addressed copies; the torch-free pixel
-recipe (resize, crop, normalise)."""
+perceptual hash and the leakage check; the check outcomes cached by content; prepared
+content-addressed copies; the torch-free pixel recipe (resize, crop, normalise)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from routelet.data.images import (NEAR, dhash, image_conflicts, image_leaks, read_image_rows,
+from routelet.data import images
+from routelet.data.images import (CHECKS, NEAR, checks_key, dhash, image_conflicts, image_leaks, read_image_rows,
                                   write_prepared_images)
 from routelet.data.rows import write_quarantine
 from routelet.serving.image_input import ImageRejected, open_image, pixel_values, resized_size, to_rgb
@@ -37,6 +38,13 @@ def screen(seed: int, size=(120, 200)) -> Image.Image:
         x, y = rng.integers(0, size[0] - 10), rng.integers(0, size[1] - 10)
         array[y:y + rng.integers(5, 60), x:x + rng.integers(5, 60)] = rng.integers(0, 255, 3)
     return Image.fromarray(array)
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path: Path, monkeypatch) -> Path:
+    """Each test's own cache root: no test sees another's cached checks."""
+    monkeypatch.setattr(images, "CACHE_ROOT", tmp_path / "cache")
+    return tmp_path / "cache"
 
 
 @pytest.fixture
@@ -121,6 +129,69 @@ def test_every_bad_line_and_image_is_rejected_with_file_line_and_reason(folder: 
     write_quarantine(quarantine, rejected)
     records = [json.loads(x) for x in quarantine.read_text().splitlines()]
     assert [r["line"] for r in records] == sorted(expected) and all(r["reason"] and r["file"] for r in records)
+
+
+def _train(folder: Path) -> Path:
+    path = folder / "train.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in LINES))
+    return path
+
+
+def _decodes(monkeypatch) -> list:
+    """Counts open_image calls from read_image_rows, still decoding for real."""
+    calls = []
+    monkeypatch.setattr(images, "open_image", lambda source, spec: calls.append(source) or open_image(source, spec))
+    return calls
+
+
+def _no_decoding(source, spec):
+    raise AssertionError("decoded an image whose check is cached")
+
+
+def test_a_second_read_decodes_nothing_and_cached_rejections_read_the_same(folder: Path, cache: Path, monkeypatch):
+    path = _train(folder)
+    first = read_image_rows(path, known_labels=["a"])
+    assert len(list((cache / CHECKS).iterdir())) == 1
+    monkeypatch.setattr(images, "open_image", _no_decoding)
+    again = read_image_rows(path, known_labels=["a"])
+    assert again == first
+    assert [str(r) for r in again[1]] == [str(r) for r in first[1]] and len(first[1]) == len(LINES) - 1
+
+
+def test_a_changed_image_is_checked_again(folder: Path, monkeypatch):
+    path = _train(folder)
+    (before,), _ = read_image_rows(path, known_labels=["a"])
+    screen(5).save(folder / "images" / "good.png")
+    calls = _decodes(monkeypatch)
+    (after,), _ = read_image_rows(path, known_labels=["a"])
+    assert len(calls) == 1 and after.sha256 != before.sha256 and after.phash == dhash(screen(5))
+
+
+@pytest.mark.parametrize("damage", [b'{"ab', b"[1, 2]", b'{"x": 1.5}', b'{"x": true}', b'{"x": -1}', b"\xff\xfe",
+                                    b"[" * 100_000])
+def test_a_damaged_cache_file_is_redone_not_fatal(folder: Path, cache: Path, monkeypatch, damage: bytes):
+    path = _train(folder)
+    first = read_image_rows(path, known_labels=["a"])
+    (stored,) = (cache / CHECKS).iterdir()
+    stored.write_bytes(damage)
+    assert read_image_rows(path, known_labels=["a"]) == first
+    monkeypatch.setattr(images, "open_image", _no_decoding)  # and it was written again, whole
+    assert read_image_rows(path, known_labels=["a"]) == first
+
+
+def test_the_limits_are_part_of_the_key_and_an_oversized_file_is_not_cached(tmp_path: Path, cache: Path, monkeypatch):
+    (tmp_path / "x.png").write_bytes(png())  # 40 x 30 = 1200 pixels
+    path = _line(tmp_path, "x.png")
+    tight = ImageInput(height=1, width=1, max_pixels=1000)
+    small = ImageInput(height=1, width=1, max_bytes=len(png()) - 1)
+    assert len({checks_key(SPEC), checks_key(tight), checks_key(small)}) == 3
+    assert read_image_rows(path)[0] and read_image_rows(path, limits=tight)[0] == []
+    calls = _decodes(monkeypatch)
+    for _ in range(2):
+        _, rejected = read_image_rows(path, limits=small)
+        assert "bytes, over the limit" in rejected[0].reason
+    assert calls == [tmp_path / "x.png"] * 2  # opened by path (never read whole), each time
+    assert not (cache / CHECKS / f"{checks_key(small)}.json").exists()
 
 
 def test_a_bomb_is_refused_from_its_header_before_any_pixel_is_decoded(folder: Path):

@@ -4,6 +4,7 @@ dvc.yaml names the same paths (it cannot import Python); `tests/test_stage_deps.
 two agree.
 """
 
+import os
 from pathlib import Path
 
 PARAMS = Path("params.yaml")
@@ -31,3 +32,6 @@ AUGMENTED = Path("data/augmented.jsonl")  # augment's voice-like variants, for t
 EVALS = Path("evals")  # the frozen evaluation sets, committed to git
 INGEST = REPORT / "ingest.json"
 AUGMENT = REPORT / "augment.json"
+# Outside DVC: what is recomputed on a miss (embeddings, exported encoders, image checks), shared
+# by every experiment on this machine.
+CACHE_ROOT = Path(os.environ.get("ROUTELET_CACHE", ".cache/routelet"))

@@ -10,6 +10,10 @@ Reasons an image is refused (routelet.serving.image_input does the decoding, so 
 serving refuse the same files): a path that is absolute, leaves the folder or is missing; an empty,
 oversized, non-image, unsupported-format or unsupported-mode file; a decompression bomb (width x
 height over max_pixels, read from the header); truncated or corrupt pixel data.
+
+Decoding is most of the cost, so each image's outcome (its dHash, or the reason it is refused) is
+cached by content under the cache root (image-checks/, or $ROUTELET_CACHE): ingest, augment and
+checkdata decode an unchanged image once, not once each.
 """
 
 from __future__ import annotations
@@ -23,15 +27,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import PIL
 from PIL import Image
 from pydantic import ValidationError, field_validator
 
 from routelet.data.rows import DataError, Rejected, RowFields, bounded, json_object, shown, write_jsonl
+from routelet.paths import CACHE_ROOT
 from routelet.serving.image_input import ImageRejected, open_image
 from routelet.serving.router_format import ImageInput
 
 HASH_SIDE = 8  # dHash: 9x8 greyscale, one bit per horizontal neighbour pair = 64 bits
 NEAR = 4  # bits of 64 two perceptual hashes may differ by and still be the same screenshot
+CHECK_VERSION = "1"  # bump when open_image's guards or dhash change: every cached check is then redone
+CHECKS = "image-checks"  # under the cache root: one JSON file per checks_key, sha256 -> dHash or reason
 
 
 class ImageRow(RowFields):
@@ -87,6 +95,9 @@ def read_image_rows(
     root = path.parent.resolve()
     rows: list[ImageSourced] = []
     rejected: list[Rejected] = []
+    cache = Path(CACHE_ROOT) / CHECKS / f"{checks_key(limits)}.json"
+    outcomes = _cached_outcomes(cache)
+    cached = len(outcomes)
     try:
         lines = path.read_bytes().splitlines()
     except OSError as error:
@@ -98,11 +109,19 @@ def read_image_rows(
         if not raw.strip():
             continue
         try:
-            rows.append(_checked(_parse(raw, known, require_label), root, limits, str(path), number))
+            rows.append(_checked(_parse(raw, known, require_label), root, limits, outcomes, str(path), number))
         except ValueError as error:
             text = raw.decode("utf-8", "replace")
             rejected.append(Rejected(str(path), number, str(error), bounded(text), len(text)))
+    if len(outcomes) > cached:
+        _save_outcomes(cache, outcomes)
     return rows, rejected
+
+
+def checks_key(limits: ImageInput) -> str:
+    """What a check's outcome depends on besides the bytes: the limits, the guards and Pillow."""
+    raw = json.dumps([limits.model_dump(mode="json"), CHECK_VERSION, PIL.__version__], sort_keys=True)
+    return hashlib.sha256(raw.encode()).hexdigest()[:24]
 
 
 def _parse(raw: bytes, known: set[str] | None, require_label: bool) -> ImageRow:
@@ -131,18 +150,56 @@ def _parse(raw: bytes, known: set[str] | None, require_label: bool) -> ImageRow:
     return row
 
 
-def _checked(row: ImageRow, root: Path, limits: ImageInput, file: str, line: int) -> ImageSourced:
+def _checked(row: ImageRow, root: Path, limits: ImageInput, outcomes: dict[str, int | str], file: str,
+             line: int) -> ImageSourced:
     path = (root / row.image).resolve()
     if not path.is_relative_to(root):  # a symlink pointing out of the folder: DVC would not track it
         raise ValueError(f"image {shown(row.image)} resolves outside the dataset folder: copy it in")
     if not path.is_file():
         raise ValueError(f"image {shown(row.image)}: no such file in {root}")
+    # An oversized file is not read (open_image refuses it from its size), so it is not cached either.
+    data = path.read_bytes() if path.stat().st_size <= limits.max_bytes else None
+    sha256 = hashlib.sha256(data or b"").hexdigest()
+    outcome = outcomes.get(sha256) if data is not None else None
+    if outcome is None:
+        outcome = _outcome(path if data is None else data, limits)
+        if data is not None:
+            outcomes[sha256] = outcome
+    if isinstance(outcome, str):
+        raise ValueError(f"image {shown(row.image)}: {outcome}")
+    return ImageSourced(row, path, sha256, outcome, file, line)
+
+
+def _outcome(source: bytes | Path, limits: ImageInput) -> int | str:
+    """The image's dHash, or the reason open_image refuses it."""
     try:
-        data = path.read_bytes() if path.stat().st_size <= limits.max_bytes else b""
-        image = open_image(data if data else path, limits)
+        return dhash(open_image(source, limits))
     except ImageRejected as error:
-        raise ValueError(f"image {shown(row.image)}: {error}") from None
-    return ImageSourced(row, path, hashlib.sha256(data).hexdigest(), dhash(image), file, line)
+        return str(error)
+
+
+def _cached_outcomes(cache: Path) -> dict[str, int | str]:
+    """sha256 -> dHash or reason. A file that cannot be read or holds anything else (truncated,
+    edited) is redone, not fatal."""
+    try:
+        outcomes = json.loads(cache.read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return {}
+    valid = isinstance(outcomes, dict) and all(
+        isinstance(value, str) or (type(value) is int and 0 <= value < 2**64) for value in outcomes.values())
+    return outcomes if valid else {}
+
+
+def _save_outcomes(cache: Path, outcomes: dict[str, int | str]) -> None:
+    """Write-then-rename, so a killed run never leaves half a file. A cache that cannot be written
+    (read-only, full disk) only costs the next run the decoding, so it does not stop this one."""
+    temporary = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")  # per process: two writers never mix
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        temporary.write_text(json.dumps(outcomes, separators=(",", ":")))
+        os.replace(temporary, cache)
+    except OSError:
+        temporary.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------------------------

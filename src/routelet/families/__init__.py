@@ -5,7 +5,8 @@
     load_trained("setfit").route_probs(texts, taxonomy, temperature)
 
 Adding a family is one module in this package: a `Family` subclass (see base.py) and its registry
-line, `FAMILY = MyFamily`, at the end; the module's name is the family's name. An entry under
+line, `FAMILY = MyFamily`, at the end; the module's name is the family's name. A family that reads
+images says so in a `MODALITY = "image"` line (its class's `modality`). An entry under
 params.yaml `train` trains it. No other file changes, so no other family re-trains. A model trains on fine labels (routes by summing their
 probabilities) or directly on routes; `family.json` in its folder records which.
 """
@@ -29,6 +30,7 @@ from routelet.serving.router_format import softmax
 # Keys of a params.yaml `train.<name>` entry that are not the family's own hyperparameters.
 ENTRY_KEYS = ("family", "level", "input")
 _FAMILY_LINE = re.compile(r"^FAMILY = \w+", re.M)
+_MODALITY_LINE = re.compile(r'^MODALITY = "(\w+)"', re.M)
 
 
 def registered() -> list[str]:
@@ -38,10 +40,22 @@ def registered() -> list[str]:
     return sorted(path.stem for path in folder.glob("*.py") if _FAMILY_LINE.search(path.read_text(encoding="utf-8")))
 
 
-def family_class(kind: str) -> type[Family]:
+def _source(kind: str) -> str:
     if kind not in registered():
         raise ConfigError(f"family {kind!r} is not registered; choose one of: {', '.join(registered())}")
+    return (Path(__file__).parent / f"{kind}.py").read_text(encoding="utf-8")
+
+
+def family_class(kind: str) -> type[Family]:
+    _source(kind)
     return importlib.import_module(f"routelet.families.{kind}").FAMILY
+
+
+def family_modality(kind: str) -> str:
+    """"text" or "image", read from the module's `MODALITY` line without importing it: a family
+    skipped for the dataset's modality never loads its libraries (SetFit's torch: 2 s)."""
+    found = _MODALITY_LINE.search(_source(kind))
+    return found.group(1) if found else "text"
 
 
 def family_kind(model: Family) -> str:

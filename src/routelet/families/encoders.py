@@ -25,9 +25,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from routelet.paths import CACHE_ROOT
 from routelet.serving.preprocess import PREPROCESS_VERSION, preprocess
-
-CACHE_ROOT = Path(os.environ.get("ROUTELET_CACHE", ".cache/routelet"))
 
 
 class EncoderUnavailable(RuntimeError):

@@ -23,9 +23,11 @@ from routelet.params import ConfigError
 from routelet.families.image_encoders import ImageEmbeddingCache, ImageEncoder, image_source, load_image_encoder
 from routelet.serving.router_format import ImageInput
 
+MODALITY = "image"  # read by routelet.families.family_modality without importing this module
+
 
 class ImageEmbedFamily(EncoderFamily):
-    modality = "image"
+    modality = MODALITY
 
     def __init__(self, encoder: EncoderSpec, C: float = 10.0, seed: int = 0, batch_size: int = 32,
                  pooling: str = "auto") -> None:

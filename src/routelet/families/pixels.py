@@ -38,8 +38,11 @@ class PixelFeatureCache(ImageVectorCache):
         return np.stack([pixel_features(as_image(x)) for x in images])
 
 
+MODALITY = "image"  # read by routelet.families.family_modality without importing this module
+
+
 class PixelsFamily(Family):
-    modality = "image"
+    modality = MODALITY
 
     def __init__(self, C: float = 1.0, seed: int = 0) -> None:
         self.C, self.seed = C, seed
