@@ -386,3 +386,24 @@ def test_the_stage_names_a_bad_setting(tmp_path, server, monkeypatch, capsys):
     project.teacher["max_calls"] = 1
     assert run_stage(project, monkeypatch, api_key=None) == 2
     assert "no such dataset folder" in capsys.readouterr().err
+
+
+def test_a_run_with_nothing_to_ask_never_loads_the_sdk(tmp_path, server):
+    """Every repro runs ingest: with nothing new it must not pay the SDK's imports (~1.5 s)."""
+    project = Project(tmp_path, server)
+    project.pull([sample(0, "x", "balance", "app:claude")])  # a trusted label: nothing to ask
+    code = textwrap.dedent(f"""
+        import sys
+        from pathlib import Path
+        from routelet.data.dataset import load_dataset
+        from routelet.data.ingest import IngestConfig, IngestFiles, ingest
+        files = IngestFiles(*map(Path, {[str(p) for p in vars(project.files).values()]!r}))
+        outcome = ingest(load_dataset({str(project.dataset_dir)!r}), files, IngestConfig(base_url={server.url!r}),
+                         api_key="test-key")
+        print(outcome.report()["free_labeled"], "anthropic" in sys.modules)
+        """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["1", "False"] and not server.requests
+    project.pull([sample(1, "book a flight to lima")])  # something to ask: the SDK loads and is called
+    assert project.run().report()["labeled"] == 1 and len(server.requests) == 1

@@ -15,6 +15,7 @@ An answer outside the label set, malformed or refused is returned for `review`, 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import threading
@@ -24,8 +25,6 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-
-import anthropic
 
 from routelet.data.taxonomy import Taxonomy
 from routelet.llm.cache import AnswerCache, cache_key
@@ -206,14 +205,19 @@ class ClaudeTeacher(Teacher):
     def __init__(self, taxonomy: Taxonomy, config: TeacherConfig, cache: AnswerCache | str | Path | None = None,
                  api_key: str | None = None, base_url: str | None = None, modality: str = "text") -> None:
         super().__init__(taxonomy, config, cache, modality)
-        api_key = api_key or os.environ.get("ANTHROPIC_API_KEY")
-        self.client = None
-        if not api_key:
+        self.api_key, self.base_url = api_key or os.environ.get("ANTHROPIC_API_KEY"), base_url
+        if not self.api_key:
             self.stopped = NO_KEY
-            return
-        # Retries are ours (with_retries), so the budget and the deadline see every wait.
-        self.client = anthropic.Anthropic(api_key=api_key, base_url=base_url, max_retries=0,
-                                          timeout=config.timeout_s)
+
+    @functools.cached_property
+    def client(self):
+        """The SDK client, made (and the SDK imported: ~1.5 s) at the first call: a repro with
+        nothing new to label never pays it. Retries are ours (with_retries), so the budget and the
+        deadline see every wait."""
+        import anthropic
+
+        return anthropic.Anthropic(api_key=self.api_key, base_url=self.base_url, max_retries=0,
+                                   timeout=self.config.timeout_s)
 
     def request_params(self, text: str | ImageRequest) -> dict[str, Any]:
         """The Messages API parameters for one text or image (also the body of a batch request)."""
@@ -248,6 +252,8 @@ class sdk_errors:
     def __exit__(self, kind, error, traceback) -> bool:
         if error is None or isinstance(error, CallFailed):
             return False
+        import anthropic  # loaded already: a call was made
+
         if isinstance(error, anthropic.APIStatusError):
             message = error.message if isinstance(error.message, str) else str(error)
             raise status_failure(error.status_code, message[:300], error.response.headers) from None
