@@ -49,6 +49,7 @@ def main() -> None:
     texts, labels = prepared.inputs("train"), training_labels(prepared.labels("train"), prepared.taxonomy, level)
     start = time.perf_counter()
     save_trained(name, family.fit(texts, labels), level)
+    family.warm(prepared.inputs("calib") + prepared.inputs("test"))  # inputs only: what later stages embed
     print(f"train: {name} ({entry['family']}, {level} labels): {len(texts)} rows, {len(family.labels_)} classes, "
           f"{time.perf_counter() - start:.0f} s")
 

@@ -115,3 +115,20 @@ def test_the_offline_default_efficientnet_lite0_loads_from_its_package():
     vectors = encoder.embed(images()[:2])
     assert vectors.shape == (2, 1728) and np.isfinite(vectors).all()
     assert encoder.input.height == 224 and encoder.input.mean == (127.0,) * 3
+
+
+def test_warm_embeds_the_other_splits_so_later_stages_never_build_the_encoder(tiny, tmp_path, monkeypatch):
+    """train@image_embed warms the cache with the calibration and test images (no labels): calibrate,
+    export and report, each a fresh process, then find every vector and never load the weights."""
+    from routelet.families import image_encoders
+    from routelet.families.image_embed import ImageEmbedFamily
+
+    monkeypatch.setattr(image_encoders, "CACHE_ROOT", tmp_path)
+    spec = EncoderSpec("dinov2", str(tiny["dinov2"]), "image")
+    pictures = images()
+    trained = ImageEmbedFamily(spec).fit(pictures[:4], ["a", "b", "a", "b"])
+    trained.warm(pictures[4:])
+    later = ImageEmbedFamily(spec)
+    vectors = later.embed(pictures[4:])
+    assert "module" not in vars(later.image_encoder())
+    np.testing.assert_array_equal(vectors, trained.image_encoder().embed(pictures[4:]))

@@ -49,6 +49,10 @@ class Family(ABC):
     def logits(self, texts: list[str]) -> np.ndarray:
         """(len(texts), len(labels_)) uncalibrated scores; caches allowed (training, calibration)."""
 
+    def warm(self, inputs: list) -> None:
+        """Fill the caches the later stages read for `inputs` (the other splits), while the model
+        that computes them is loaded anyway; no label is seen. Nothing to do for most families."""
+
     def reference(self, texts: list[str]) -> np.ndarray:
         """The logits as a served query would get them from the training-side model: no cache.
         What bench's torch path and the export's parity gate compare against."""

@@ -53,6 +53,11 @@ class ImageEmbedFamily(EncoderFamily):
             return self._cache().embed(list(images), batch_size=self.batch_size)
         return self.image_encoder().embed(list(images), self.batch_size)
 
+    def warm(self, images: list) -> None:
+        """Embed the other splits' images into the cache: the encoder is built once per repro, in
+        train@image_embed, not again by calibrate, export and report for the images they meet."""
+        self.embed(images)
+
     def fit_head(self, embeddings: np.ndarray, labels: list[str]) -> LinearHead:
         return LinearHead.from_logistic(new_logistic(self.C, self.seed).fit(embeddings, labels))
 
