@@ -1,6 +1,6 @@
 """The serving side stays light: every module of routelet.serving, the CLI and the LLM teacher
 imports with torch, sklearn and transformers blocked (what `pip install routelet` without the
-train extra gives a server); a text router loads and routes without importing Pillow."""
+train extra gives a server); a text router and its server load and route without importing Pillow."""
 
 from __future__ import annotations
 
@@ -49,12 +49,14 @@ def test_the_blocker_blocks():
 @pytest.mark.parametrize("kind, sample, loads_pillow", [("tfidf", "what is my balance", False),
                                                        ("image", b"not an image", True)])
 def test_pillow_loads_only_with_an_image_router(request, kind, sample, loads_pillow):
-    """A text router's process never imports Pillow or the image tiers; an image router's does."""
+    """A text router's process, server included, never imports Pillow or the image tiers; an image
+    router's does."""
     folder = request.getfixturevalue(f"{kind}_folder")
-    code = ("import sys\nfrom routelet.serving.runtime import Router\n"
-            f"Router.load({str(folder)!r}).route([{sample!r}])\n"
+    code = ("import sys\nfrom routelet.serving.runtime import Router\nfrom routelet.serving.server import create_app\n"
+            f"router = Router.load({str(folder)!r})\ncreate_app(router)\nrouter.route([{sample!r}])\n"
             "print(sorted(m for m in sys.modules if m == 'PIL' or m.startswith('routelet.serving.image')))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    expected = ["PIL", "routelet.serving.image_input", "routelet.serving.image_models"] if loads_pillow else []
+    pillow = ["PIL", "routelet.serving.image_input", "routelet.serving.image_models"] if loads_pillow else []
+    expected = sorted(pillow + ["routelet.serving.image_request"])  # the server's request models need no Pillow
     assert done.stdout.strip() == repr(expected)

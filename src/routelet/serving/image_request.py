@@ -16,17 +16,18 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Annotated, Any, NamedTuple
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 
-from PIL import Image
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
-from routelet.serving.image_input import open_image
 from routelet.serving.router_format import ImageInput
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 SEND_IMAGES = ('this router routes images, not text: send {"image": "<base64>"} or {"images": [...]} as JSON, '
                'or upload files as multipart/form-data under "image" (one) or "images" (several)')
@@ -141,6 +142,8 @@ def decode(items: list[tuple[str, bytes | str]], spec: ImageInput, max_bytes: in
            ) -> tuple[list[Image.Image], int, list[dict]]:
     """(the decoded images, 200) or ([], 413 or 422, a reason per refused item). Every item is
     checked, so one answer names all the bad ones; 413 when any is over `max_bytes`."""
+    from routelet.serving.image_input import open_image  # Pillow loads with the first image, never for a text router
+
     images, reasons, oversize = [], [], False
     for field, raw in items:
         try:
