@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup repro test test-fast bench pr-report screens datasets clean-venv
+.PHONY: setup repro test test-fast bench add-class pr-report screens datasets clean-venv
 
 $(BIN)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -39,6 +39,13 @@ $(BIN)/.bench-installed: $(BIN)/.installed
 
 bench: setup $(BIN)/.bench-installed
 	python -m scripts.bench
+	python -m scripts.add_class
+
+# The image pipeline timed as a user runs it, in a scratch project (needs data/screens: make screens):
+# `dvc repro` from a clean cache, then 20 screenshots of a new class + a taxonomy line and
+# `dvc repro export_onnx`, until the new router routes them: report/add_class.json.
+add-class: setup
+	python -m scripts.add_class
 
 # The pull-request review report against BASE: report/pr/report.md (metric and param diffs, changed
 # figures side by side) and report/pr/plots/index.html. CI posts it as the pull request's comment.

@@ -96,6 +96,8 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the scratch project")
     args = parser.parse_args()
     work, data = Path(args.work), Path(args.data)
+    if not (data / "taxonomy.yaml").is_file():
+        raise SystemExit(f"{data}: no image dataset there: make it with `make screens` (or `dvc pull {data}`)")
     scratch_project(work, data, args.model)
     result = {"data": str(data), "model": args.model, "load_before": os.getloadavg()[0]}
     result["clean_repro"] = timed_repro(work)
