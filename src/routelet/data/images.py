@@ -31,6 +31,7 @@ import PIL
 from PIL import Image
 from pydantic import ValidationError, field_validator
 
+from routelet.data.outputs import write_if_changed
 from routelet.data.rows import DataError, Rejected, RowFields, bounded, json_object, shown, write_jsonl
 from routelet.paths import CACHE_ROOT
 from routelet.serving.image_input import ImageRejected, open_image
@@ -191,15 +192,12 @@ def _cached_outcomes(cache: Path) -> dict[str, int | str]:
 
 
 def _save_outcomes(cache: Path, outcomes: dict[str, int | str]) -> None:
-    """Write-then-rename, so a killed run never leaves half a file. A cache that cannot be written
-    (read-only, full disk) only costs the next run the decoding, so it does not stop this one."""
-    temporary = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")  # per process: two writers never mix
+    """Replaced whole (routelet.data.outputs), so a killed run never leaves half a file. A cache that
+    cannot be written (read-only, full disk) only costs the next run the decoding: not fatal."""
     try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        temporary.write_text(json.dumps(outcomes, separators=(",", ":")))
-        os.replace(temporary, cache)
+        write_if_changed(cache, json.dumps(outcomes, separators=(",", ":")).encode())
     except OSError:
-        temporary.unlink(missing_ok=True)
+        pass
 
 
 # --------------------------------------------------------------------------------------------

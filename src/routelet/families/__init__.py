@@ -40,21 +40,21 @@ def registered() -> list[str]:
     return sorted(path.stem for path in folder.glob("*.py") if _FAMILY_LINE.search(path.read_text(encoding="utf-8")))
 
 
-def _source(kind: str) -> str:
+def _module(kind: str) -> Path:
     if kind not in registered():
         raise ConfigError(f"family {kind!r} is not registered; choose one of: {', '.join(registered())}")
-    return (Path(__file__).parent / f"{kind}.py").read_text(encoding="utf-8")
+    return Path(__file__).parent / f"{kind}.py"
 
 
 def family_class(kind: str) -> type[Family]:
-    _source(kind)
+    _module(kind)
     return importlib.import_module(f"routelet.families.{kind}").FAMILY
 
 
 def family_modality(kind: str) -> str:
     """"text" or "image", read from the module's `MODALITY` line without importing it: a family
     skipped for the dataset's modality never loads its libraries (SetFit's torch: 2 s)."""
-    found = _MODALITY_LINE.search(_source(kind))
+    found = _MODALITY_LINE.search(_module(kind).read_text(encoding="utf-8"))
     return found.group(1) if found else "text"
 
 
